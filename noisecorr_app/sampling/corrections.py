@@ -1,0 +1,118 @@
+"""Corrections: the one place where a sampler asks "which sigma, which eps?".
+
+Every sampler calls ``correction.predict(model, x, sigma, sigma_next, cond, step)`` and steps with
+the returned ``Prediction``: the eps direction, the level ``sigma`` it belongs to, and the level
+``sigma_next`` to step to (both per image). A sampler never asks which correction it has, so a
+correction written here works in DDIM, DDPM, EDM-Heun and DPM-Solver++ alike.
+
+Guidance that combines several network outputs (CFG, NAG) is a different kind of plug-in: it wraps
+the model itself (``guidance.py``), so it composes with any correction here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..models.denoiser import Cond, bcast
+
+
+def rms(t: torch.Tensor) -> torch.Tensor:
+    """||t|| / sqrt(n) per image: 1 for a standard-normal eps."""
+    return t.flatten(1).float().pow(2).mean(1).sqrt()
+
+
+@dataclass
+class Prediction:
+    x: torch.Tensor           # the state the prediction was made at
+    eps: torch.Tensor         # direction used for the step
+    sigma: torch.Tensor       # (B,) level used at this step (the scheduled one unless corrected)
+    sigma_next: torch.Tensor  # (B,) level to step to
+    eps_norm: torch.Tensor    # (B,) ||eps|| / sqrt(n) of the raw network output (1 when on schedule)
+
+    @property
+    def x0(self) -> torch.Tensor:
+        return self.x - bcast(self.sigma, self.x) * self.eps
+
+
+class Correction:
+    """The identity: the network's eps at the scheduled level. Subclasses override ``predict``."""
+    name = "none"
+
+    def reset(self):
+        """Called before each sampling run (for corrections that keep state across steps)."""
+
+    def predict(self, model, x, sigma, sigma_next, cond: Cond | None, step: int) -> Prediction:
+        eps = model.eps(x, sigma, cond)
+        return Prediction(x, eps, sigma, sigma_next, rms(eps))
+
+
+class EpsScaling(Correction):
+    """Epsilon scaling (Ning et al., ICLR 2024): divide the predicted eps by ``lam`` (~1.001-1.02).
+
+    Sampled states carry more noise than scheduled, so the network's eps is too large on
+    average; shrinking it is a training-free counter to the exposure bias. ``lam`` may also
+    change linearly from the first step to the last (``lam_end``), as the paper's k*t+b schedule.
+    """
+    name = "es"
+
+    def __init__(self, lam: float = 1.005, lam_end: float | None = None, total_steps: int | None = None):
+        if not (0.5 < lam < 2.0) or (lam_end is not None and not 0.5 < lam_end < 2.0):
+            raise ValueError(f"epsilon-scaling factor must lie in (0.5, 2), got {lam}")
+        self.lam, self.lam_end, self.total = lam, lam_end, total_steps
+
+    def factor(self, step: int) -> float:
+        if self.lam_end is None or not self.total or self.total < 2:
+            return self.lam
+        return self.lam + (self.lam_end - self.lam) * step / (self.total - 1)
+
+    def predict(self, model, x, sigma, sigma_next, cond, step):
+        eps = model.eps(x, sigma, cond)
+        return Prediction(x, eps / self.factor(step), sigma, sigma_next, rms(eps))
+
+
+class LevelCorrection(Correction):
+    """NLC-style: estimate the actual level of x as ``sigma * (1 + r)`` and sample from there.
+
+    ``sigma_hat = sigma (1 + r)`` and ``sigma_hat_next = sigma_next (1 + r)`` (the official 'pred'
+    style, which keeps the step's ratio sigma_next/sigma), the denoiser is re-evaluated at
+    sigma_hat, and its direction is normalised to norm sqrt(n) (METHODS.md section 3).
+    Subclasses give ``ratio``: a network (NLC), a table (NLC-LUT), the eps norm (self-estimate),
+    or an oracle in tests. Above ``max_sigma`` (t > 960 for the official code) it is switched off.
+    """
+    name = "level"
+
+    def __init__(self, normalize: bool = True, max_sigma: float | None = 107.0, r_clip: float = 0.5):
+        self.normalize, self.max_sigma, self.r_clip = normalize, max_sigma, r_clip
+
+    def ratio(self, model, x, sigma, cond, step) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """r per image, or (r, eps at the scheduled level) when computing r gave that eps for free."""
+        raise NotImplementedError
+
+    def predict(self, model, x, sigma, sigma_next, cond, step):
+        if self.max_sigma is not None and float(sigma.max()) > self.max_sigma:
+            return super().predict(model, x, sigma, sigma_next, cond, step)
+        out = self.ratio(model, x, sigma, cond, step)
+        r, eps_nominal = out if isinstance(out, tuple) else (out, None)
+        r = r.clamp(-self.r_clip, self.r_clip)
+        sigma_hat, sigma_next_hat = sigma * (1 + r), sigma_next * (1 + r)
+        eps = model.eps(x, sigma_hat, cond)
+        norm = rms(eps)
+        if self.normalize:
+            eps = eps / bcast(norm.clamp_min(1e-8), eps)
+        return Prediction(x, eps, sigma_hat, sigma_next_hat, rms(eps_nominal) if eps_nominal is not None else norm)
+
+
+class OracleLevel(LevelCorrection):
+    """A level correction told the true noise level of each image (tests, and the ideal in plots)."""
+    name = "oracle"
+
+    def __init__(self, true_sigma_fn, **kw):
+        super().__init__(**kw)
+        self.true_sigma_fn = true_sigma_fn
+
+    def ratio(self, model, x, sigma, cond, step):
+        return self.true_sigma_fn(x, sigma, step) / sigma - 1
+
+
+CORRECTIONS = {"none": Correction, "es": EpsScaling}

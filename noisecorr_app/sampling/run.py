@@ -1,0 +1,117 @@
+"""``sample()``: model + sampler + schedule + correction + guidance -> images and a per-step trace."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+from ..models.denoiser import Cond, as_denoiser
+from .corrections import Correction
+from .guidance import Guided
+from .noise import SeededNoise
+from .samplers import SAMPLERS, StepRecord
+from .schedules import make_schedule
+from .trace import light, step_summary
+
+MAX_STEPS = 1000
+
+
+class CountingDenoiser:
+    """Counts the images that pass through the network: NFE per image = count / batch size."""
+
+    def __init__(self, model):
+        self.model, self.count = model, 0
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def eps(self, x, sigma, cond=None):
+        self.count += x.shape[0]
+        return self.model.eps(x, sigma, cond)
+
+
+@dataclass
+class SampleResult:
+    images: torch.Tensor                 # (B, C, H, W) in [-1, 1]
+    records: list[StepRecord]            # per step, without image tensors
+    nfe_per_image: float
+    seconds: float
+    settings: dict = field(default_factory=dict)
+
+    def trace(self, per_image: bool = False) -> dict:
+        return {"settings": self.settings, "nfe_per_image": self.nfe_per_image, "seconds": round(self.seconds, 4),
+                "steps": [step_summary(r, per_image) for r in self.records]}
+
+
+def check_settings(sampler: str, steps: int, n: int):
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
+    if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {steps}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"the number of images must be at least 1, got {n}")
+
+
+def sample_steps(model, *, sampler: str = "ddim", steps: int = 20, n: int = 1, seed: int = 0,
+                 seeds: list[int] | None = None, labels=None, correction: Correction | None = None,
+                 cfg_scale: float = 1.0, nag_scale: float = 0.0, schedule: str = "model",
+                 sigmas: torch.Tensor | None = None, x: torch.Tensor | None = None,
+                 **sampler_options) -> Iterator[StepRecord]:
+    """Yield one StepRecord per step (with image tensors); the last record's ``x_next`` is the sample.
+
+    seeds: one per image (default seed, seed+1, ...); labels: class per image (int or list) or None.
+    Each record's ``nfe`` is the network evaluations per image that step spent.
+    """
+    check_settings(sampler, steps, n)
+    base = as_denoiser(model)
+    counted = CountingDenoiser(base)
+    net = Guided(counted, cfg_scale, nag_scale) if (cfg_scale != 1 or nag_scale) else counted
+    correction = correction or Correction()
+    correction.reset()
+    if sigmas is None:
+        sigmas = make_schedule(schedule, base).sigmas(steps)
+    seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
+    noise = SeededNoise(seeds)
+    device = getattr(base, "device", torch.device("cpu"))
+    if x is None:
+        shape = getattr(base, "sample_shape", None)
+        if shape is None:
+            raise ValueError("this model does not say its sample shape: pass the starting x")
+        x = float(sigmas[0]) * noise(torch.empty(len(seeds), *shape, device=device))
+    cond = None
+    if labels is not None:
+        lab = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        lab = lab.expand(x.shape[0]).clone() if lab.numel() == 1 else lab
+        num_classes = getattr(base, "num_classes", None)
+        if num_classes is None:
+            raise ValueError("this model is unconditional: it takes no class label")
+        if lab.min() < 0 or lab.max() >= num_classes:
+            raise ValueError(f"class labels must lie in 0..{num_classes - 1}")
+        cond = Cond(labels=lab)
+
+    def predict(x_, s, sn, i):
+        return correction.predict(net, x_, s, sn, cond, i)
+
+    b = x.shape[0]
+    seen = 0
+    for rec in SAMPLERS[sampler](x, sigmas, predict, noise, **sampler_options):
+        rec.nfe, seen = (counted.count - seen) / b, counted.count
+        yield rec
+
+
+def sample(model, *, progress: Callable[[StepRecord], None] | None = None, **kw) -> SampleResult:
+    """Run a whole sampling loop; ``progress(record)`` is called after each step."""
+    t0 = time.perf_counter()
+    records, last = [], None
+    for rec in sample_steps(model, **kw):
+        if progress:
+            progress(rec)
+        records.append(light(rec))
+        last = rec
+    settings = {k: v for k, v in kw.items() if isinstance(v, (int, float, str, list, type(None)))}
+    corr = kw.get("correction")
+    settings["correction"] = corr.name if corr else "none"
+    return SampleResult(last.x_next.clamp(-1, 1), records, sum(r.nfe for r in records),
+                        time.perf_counter() - t0, settings)

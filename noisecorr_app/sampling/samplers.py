@@ -1,0 +1,115 @@
+"""Samplers in sigma space, one function each, all with the same signature and output.
+
+    sampler(x, sigmas, predict, noise, **options) -> iterator of StepRecord
+
+``sigmas`` is the schedule (noisiest first, ending in 0); ``predict(x, sigma, sigma_next, step)``
+returns a ``Prediction`` (corrections.py) and is the only way a sampler touches the model, so a
+correction never needs sampler-specific code. ``noise(x)`` draws fresh standard-normal noise
+shaped like x (per-image seeded: see ``noise.py``). Each step yields a record with the state
+before and after it, so callers can stream previews, plot the noise shift, or stop early.
+
+The update formulas are METHODS.md section 2, written with the prediction's (possibly corrected)
+``sigma`` and ``sigma_next``: with the identity correction they are the textbook samplers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from ..models.denoiser import bcast
+from .corrections import Prediction
+
+
+@dataclass
+class StepRecord:
+    step: int
+    sigma: float               # scheduled level of this step
+    sigma_next: float          # scheduled level after it
+    sigma_used: torch.Tensor   # (B,) level the step used (differs from sigma under a correction)
+    eps_norm: torch.Tensor     # (B,) ||eps|| / sqrt(n) of the network output
+    x: torch.Tensor            # state entering the step
+    x0: torch.Tensor           # the step's estimate of the clean image
+    x_next: torch.Tensor       # state after the step
+    nfe: float = 0.0           # network evaluations this step per image (filled in by the runner)
+
+
+Predict = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], Prediction]
+Noise = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _levels(sigmas: torch.Tensor, i: int, x: torch.Tensor):
+    b = x.shape[0]
+    return sigmas[i].to(x.device).expand(b), sigmas[i + 1].to(x.device).expand(b)
+
+
+def _record(i, sigmas, p: Prediction, x_next) -> StepRecord:
+    return StepRecord(i, float(sigmas[i]), float(sigmas[i + 1]), p.sigma, p.eps_norm, p.x, p.x0, x_next)
+
+
+def ddim(x, sigmas, predict: Predict, noise: Noise, eta: float = 0.0) -> Iterator[StepRecord]:
+    """DDIM. eta = 0 is the deterministic probability-flow step ``x0 + sigma_next * eps``;
+    eta > 0 replaces part of eps by fresh noise as DDNM does: ``x0 + sigma_next (sqrt(1-eta^2) eps + eta xi)``."""
+    for i in range(len(sigmas) - 1):
+        p = predict(x, *_levels(sigmas, i, x), i)
+        sn = bcast(p.sigma_next, x)
+        if eta and float(sigmas[i + 1]) > 0:
+            x_next = p.x0 + sn * ((1 - eta ** 2) ** 0.5 * p.eps + eta * noise(x))
+        else:
+            x_next = p.x0 + sn * p.eps
+        yield _record(i, sigmas, p, x_next)
+        x = x_next
+
+
+def ddpm(x, sigmas, predict: Predict, noise: Noise) -> Iterator[StepRecord]:
+    """Ancestral DDPM with the posterior ('fixed small') variance, in sigma form:
+    ``x0 + (sigma_next^2 / sigma) eps + sigma_next sqrt(1 - sigma_next^2 / sigma^2) xi``."""
+    for i in range(len(sigmas) - 1):
+        p = predict(x, *_levels(sigmas, i, x), i)
+        s, sn = bcast(p.sigma, x), bcast(p.sigma_next, x)
+        x_next = p.x0 + sn ** 2 / s * p.eps
+        if float(sigmas[i + 1]) > 0:
+            x_next = x_next + sn * (1 - sn ** 2 / s ** 2).clamp_min(0).sqrt() * noise(x)
+        yield _record(i, sigmas, p, x_next)
+        x = x_next
+
+
+def edm(x, sigmas, predict: Predict, noise: Noise) -> Iterator[StepRecord]:
+    """EDM's Heun sampler (Karras et al. 2022, deterministic): an Euler step in sigma, then the
+    trapezoid correction with eps at the new point; the last step (to sigma 0) is Euler only."""
+    for i in range(len(sigmas) - 1):
+        s_i, sn_i = _levels(sigmas, i, x)
+        p = predict(x, s_i, sn_i, i)
+        step = bcast(p.sigma_next - p.sigma, x)
+        x_next = x + step * p.eps
+        if float(sigmas[i + 1]) > 0:
+            snn = sigmas[i + 2] if i + 2 < len(sigmas) else sigmas[i + 1] * 0
+            p2 = predict(x_next, sn_i, snn.to(x.device).expand(x.shape[0]), i)
+            x_next = x + step * 0.5 * (p.eps + p2.eps)
+        yield _record(i, sigmas, p, x_next)
+        x = x_next
+
+
+def dpmpp_2m(x, sigmas, predict: Predict, noise: Noise) -> Iterator[StepRecord]:
+    """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep in lambda = -log sigma on the
+    data prediction x0; the first step and the step to sigma 0 are first order (= DDIM)."""
+    x0_prev, h_prev = None, None
+    for i in range(len(sigmas) - 1):
+        p = predict(x, *_levels(sigmas, i, x), i)
+        x0 = p.x0
+        if float(sigmas[i + 1]) == 0:
+            x_next = x0
+        else:
+            h = torch.log(p.sigma) - torch.log(p.sigma_next)            # lambda_next - lambda
+            d = x0
+            if x0_prev is not None:
+                r = bcast(h_prev / h, x)
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+            x_next = bcast(p.sigma_next / p.sigma, x) * x - bcast(torch.expm1(-h), x) * d
+            x0_prev, h_prev = x0, h
+        yield _record(i, sigmas, p, x_next)
+        x = x_next
+
+
+SAMPLERS = {"ddim": ddim, "ddpm": ddpm, "edm": edm, "dpmpp": dpmpp_2m}
