@@ -20,10 +20,124 @@ def _train_denoiser(a):
                    split=a.split or None, threads=a.threads)
 
 
+def _load(a):
+    from .models.loading import ModelLoadError, load_model
+
+    try:
+        return load_model(a.model, device=a.device, allow_pickle=a.allow_pickle, revision=a.revision)
+    except ModelLoadError as e:
+        raise UserError(str(e)) from None
+
+
+def _class_index(model, value: str | None):
+    """A class given by index or name; None or 'any' means unconditional."""
+    if value is None or value.lower() == "any":
+        if getattr(model, "num_classes", None) and not model.supports_null_label:
+            raise UserError(f"{model.name} is class-conditional without a null class: give --class")
+        return None
+    if not getattr(model, "num_classes", None):
+        raise UserError(f"{model.name} is unconditional: it takes no --class")
+    names = [n.lower() for n in (model.class_names or [])]
+    if value.lower() in names:
+        return names.index(value.lower())
+    if value.isdigit() and int(value) < model.num_classes:
+        return int(value)
+    listed = ", ".join(model.class_names or map(str, range(model.num_classes)))
+    raise UserError(f"unknown class '{value}': choose from {listed}, or 'any'")
+
+
+def make_correction(a, steps: int):
+    from .sampling.corrections import EpsScaling, Correction
+
+    if a.correction == "none":
+        return Correction()
+    if a.correction == "es":
+        return EpsScaling(a.es_lambda)
+    raise UserError(f"unknown correction '{a.correction}'")
+
+
+def _sample(a):
+    import json
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from .images import to_pil
+    from .sampling.run import sample
+
+    if a.n < 1 or a.n > 10_000:
+        raise UserError("--n must be between 1 and 10000")
+    model = _load(a)
+    label = _class_index(model, a.class_)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    traces = []
+    with tqdm(total=a.n * a.steps, desc=f"{a.sampler} {a.steps} steps", unit="step") as bar:
+        for start in range(0, a.n, a.batch_size):
+            k = min(a.batch_size, a.n - start)
+            seeds = [a.seed + start + i for i in range(k)]
+            try:
+                res = sample(model, sampler=a.sampler, steps=a.steps, seeds=seeds, n=k,
+                             labels=None if label is None else [label] * k, schedule=a.schedule,
+                             correction=make_correction(a, a.steps), cfg_scale=a.cfg_scale,
+                             nag_scale=a.nag_scale, progress=lambda r: bar.update(k),
+                             **({"eta": a.eta} if a.sampler == "ddim" else {}))
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            for img, s in zip(to_pil(res.images), seeds):
+                img.save(out / f"seed{s:06d}.png")
+            traces.append(res.trace(per_image=True))
+    if a.trace:
+        steps = traces[0]["steps"]
+        for t in traces[1:]:     # merge batches: per-image lists concatenate, means re-average
+            for d, e in zip(steps, t["steps"]):
+                d["sigma_used_per_image"] += e["sigma_used_per_image"]
+                d["eps_norm_per_image"] += e["eps_norm_per_image"]
+        for d in steps:
+            d["sigma_used"] = sum(d["sigma_used_per_image"]) / len(d["sigma_used_per_image"])
+            d["eps_norm"] = sum(d["eps_norm_per_image"]) / len(d["eps_norm_per_image"])
+        doc = {"model": model.name, "settings": {**traces[0]["settings"], "n": a.n, "seed": a.seed, "class": label},
+               "nfe_per_image": traces[0]["nfe_per_image"],
+               "seconds_per_image": sum(t["seconds"] for t in traces) / a.n, "steps": steps}
+        Path(a.trace).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.trace).write_text(json.dumps(doc, indent=1))
+    print(f"wrote {a.n} PNG images to {out}" + (f" and the trace to {a.trace}" if a.trace else ""))
+
+
+def _model_args(p):
+    p.add_argument("--model", default=None, help="Hub repo id or local folder (default: the embedded model in weights/)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) to pin")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow a pickle (.bin) checkpoint when no safetensors exist; read with weights_only=True")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU if present)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m noisecorr_app",
                                 description="Noise-shift corrections (NLC, NAG) for diffusion sampling and restoration.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from .sampling.samplers import SAMPLERS
+    from .sampling.schedules import SCHEDULES
+
+    sp = sub.add_parser("sample", help="generate images; optionally write the per-step trace as JSON")
+    _model_args(sp)
+    sp.add_argument("--sampler", choices=list(SAMPLERS), default="ddim")
+    sp.add_argument("--steps", type=int, default=20, help="1 to 1000")
+    sp.add_argument("--schedule", choices=list(SCHEDULES), default="model",
+                    help="model: the model's own timesteps (trailing); loglinear; karras (EDM)")
+    sp.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
+    sp.add_argument("--n", type=int, default=4, help="number of images")
+    sp.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    sp.add_argument("--class", dest="class_", default=None, help="class index or name; 'any' for unconditional")
+    sp.add_argument("--correction", choices=["none", "es"], default="none", help="es = epsilon scaling")
+    sp.add_argument("--es-lambda", type=float, default=1.005, help="epsilon-scaling factor")
+    sp.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    sp.add_argument("--nag-scale", type=float, default=0.0, help="classifier-free NAG weight (0 = off)")
+    sp.add_argument("--batch-size", type=int, default=16)
+    sp.add_argument("--out", required=True, help="folder for the PNG images")
+    sp.add_argument("--trace", default=None, help="write per-step records (sigma, eps norm, NFE) to this JSON file")
+    sp.set_defaults(func=_sample)
 
     train = sub.add_parser("train", help="train the default denoiser or an extra network")
     tsub = train.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -50,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except UserError as e:
+    except (UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -62,15 +62,8 @@ def _download(repo_id: str, revision: str | None, allow_pickle: bool, offline: b
                                       local_files_only=local_only, cache_dir=cache_dir))
 
     try:
-        try:
-            folder = fetch(["*.json"], offline)
-        except LocalEntryNotFoundError:
-            raise
-        except (OSError, ConnectionError, TimeoutError) as e:   # network down: try the cache
-            if offline:
-                raise
-            offline = True
-            folder = fetch(["*.json"], True)
+        # Without a network huggingface_hub falls back to its cache by itself.
+        folder = fetch(["*.json"], offline)
         try:
             unet_dir, _ = _find_layout(folder)
         except FileNotFoundError:

@@ -1,0 +1,153 @@
+"""Loading from folders and the (offline) Hub cache; every failure is one clear message."""
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import save_tiny_model
+
+from noisecorr_app.cli import main
+from noisecorr_app.models.denoiser import Cond
+from noisecorr_app.models.loading import ModelLoadError, load_model
+from noisecorr_app.sampling.guidance import Guided
+from noisecorr_app.sampling.run import sample
+
+
+@pytest.mark.parametrize("layout", ["pipeline", "flat"])
+def test_folder_round_trip(tmp_path, layout):
+    folder = save_tiny_model(tmp_path / "m", layout=layout)
+    model = load_model(folder, device="cpu")
+    assert model.sample_shape == (3, 8, 8) and model.num_classes is None
+    x = torch.randn(2, 3, 8, 8)
+    eps = model.eps(x, torch.tensor([1.0, 10.0]))
+    # the same network called by hand: z = x / sqrt(1 + sigma^2) at t(sigma)
+    t = model.timestep(torch.tensor([1.0, 10.0]))
+    ref = model.unet(x / torch.tensor([2.0, 101.0]).sqrt().view(2, 1, 1, 1), t).sample
+    torch.testing.assert_close(eps, ref)
+
+
+def test_timestep_inverts_the_training_grid(tiny_model_dir):
+    model = load_model(tiny_model_dir, device="cpu")
+    t = torch.tensor([0, 1, 10, 500, 999])
+    assert torch.equal(model.timestep(model.sigma_of_timestep(t)), t.float())
+    mid = (model.sigma_of_timestep(torch.tensor([10])) * model.sigma_of_timestep(torch.tensor([11]))).sqrt()
+    assert 10 < float(model.timestep(mid)) < 11
+
+
+def _cached_hub_repo(cache, repo_id, source):
+    """Lay out a folder as huggingface_hub caches a downloaded repo."""
+    snap = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / ("a" * 40)
+    shutil.copytree(source, snap)
+    (snap.parents[1] / "refs").mkdir(parents=True)
+    (snap.parents[1] / "refs" / "main").write_text("a" * 40)
+    return cache
+
+
+def test_hub_id_loads_from_the_local_cache_offline(tmp_path, tiny_model_dir):
+    cache = _cached_hub_repo(tmp_path / "hf", "someone/tiny-ddpm", tiny_model_dir)
+    model = load_model("someone/tiny-ddpm", device="cpu", offline=True, cache_dir=cache)
+    assert model.name == "someone/tiny-ddpm" and model.sample_shape == (3, 8, 8)
+
+
+def test_hub_id_not_cached_offline_is_explained(tmp_path):
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache"):
+        load_model("someone/not-cached", device="cpu", offline=True, cache_dir=tmp_path / "hf")
+
+
+@pytest.mark.parametrize("source,msg", [
+    ("no/such/folder", "neither an existing model folder nor a Hub repo id"),
+    ("../../no-such-dir-xyz", "neither an existing model folder nor a Hub repo id"),
+    ("bad id!/x", "neither an existing model folder nor a Hub repo id"),
+])
+def test_bad_sources(source, msg):
+    with pytest.raises(ModelLoadError, match=msg):
+        load_model(source, device="cpu")
+
+
+def test_a_file_is_not_a_model(tmp_path):
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="is a file, not a model folder"):
+        load_model(str(f), device="cpu")
+
+
+def test_folder_without_config(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="holds no diffusers UNet config"):
+        load_model(tmp_path / "empty", device="cpu")
+
+
+def test_corrupt_safetensors_is_explained(tmp_path):
+    folder = save_tiny_model(tmp_path / "m")
+    w = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    w.write_bytes(w.read_bytes()[: len(w.read_bytes()) // 2])        # a truncated download
+    with pytest.raises(ModelLoadError, match="corrupt or incomplete"):
+        load_model(folder, device="cpu")
+
+
+def test_pickle_only_needs_explicit_opt_in(tmp_path):
+    from conftest import tiny_unet
+    from diffusers import DDPMScheduler
+
+    folder = tmp_path / "pickled"
+    tiny_unet().save_pretrained(folder, safe_serialization=False)
+    DDPMScheduler().save_pretrained(folder)
+    assert (folder / "diffusion_pytorch_model.bin").exists()
+    with pytest.raises(ModelLoadError, match="only a pickle checkpoint"):
+        load_model(folder, device="cpu")
+    model = load_model(folder, device="cpu", allow_pickle=True)
+    assert model.eps(torch.randn(1, 3, 8, 8), torch.tensor([1.0])).shape == (1, 3, 8, 8)
+
+
+def test_class_conditional_model_with_nulls(tmp_path):
+    folder = save_tiny_model(tmp_path / "c", num_class_embeds=4,
+                             extra={"num_classes": 3, "null_class": 3, "null_timestep": 10000,
+                                    "class_names": ["a", "b", "c"]})
+    model = load_model(folder, device="cpu")
+    assert model.num_classes == 3 and model.supports_null_label and model.supports_null_noise
+    x, s = torch.randn(2, 3, 8, 8), torch.tensor([2.0, 2.0])
+    lab = Cond(labels=torch.tensor([0, 1]))
+    e_c = model.eps(x, s, lab)
+    e_u = model.eps(x, s, Cond(labels=torch.tensor([0, 1]), null_label=torch.tensor([True, True])))
+    e_n = model.eps(x, s, Cond(labels=torch.tensor([0, 1]), null_noise=torch.tensor([True, True])))
+    assert not torch.allclose(e_c, e_u) and not torch.allclose(e_c, e_n)
+    # guidance batches its passes into one call and mixes them as METHODS.md section 4 says
+    g = Guided(model, cfg_scale=2.0, nag_scale=3.0).eps(x, s, lab)
+    torch.testing.assert_close(g, e_c + (e_c - e_u) + 3.0 * (e_c - e_n), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(Guided(model, 1.0, 0.0).eps(x, s, lab), e_c)
+    plain = sample(model, steps=4, n=2, labels=[0, 1], seed=0)
+    nag0 = sample(model, steps=4, n=2, labels=[0, 1], seed=0, nag_scale=0.0)
+    cfg = sample(model, steps=4, n=2, labels=[0, 1], seed=0, cfg_scale=2.0, nag_scale=1.0)
+    assert torch.equal(plain.images, nag0.images) and cfg.nfe_per_image == 12
+
+
+def test_guidance_on_a_model_without_nulls_is_refused(tiny_model_dir):
+    model = load_model(tiny_model_dir, device="cpu")
+    with pytest.raises(ValueError, match="noise-condition dropout"):
+        sample(model, steps=2, nag_scale=2.0)
+
+
+def test_cli_sample_writes_images_and_trace(tmp_path, tiny_model_dir, capsys):
+    from PIL import Image
+
+    out, trace = tmp_path / "out", tmp_path / "trace.json"
+    rc = main(["sample", "--model", str(tiny_model_dir), "--sampler", "dpmpp", "--steps", "5", "--n", "3",
+               "--seed", "7", "--batch-size", "2", "--out", str(out), "--trace", str(trace), "--device", "cpu"])
+    assert rc == 0
+    files = sorted(out.glob("*.png"))
+    assert [f.name for f in files] == ["seed000007.png", "seed000008.png", "seed000009.png"]
+    assert Image.open(files[0]).size == (8, 8)
+    doc = json.loads(trace.read_text())
+    assert len(doc["steps"]) == 5 and doc["nfe_per_image"] == 5
+    assert len(doc["steps"][0]["sigma_used_per_image"]) == 3
+    assert doc["steps"][0]["sigma_scheduled"] > doc["steps"][-1]["sigma_scheduled"]
+
+
+def test_cli_errors_are_one_line(tmp_path, tiny_model_dir, capsys):
+    assert main(["sample", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["sample", "--model", str(tiny_model_dir), "--steps", "0", "--out", str(tmp_path / "o"),
+                 "--device", "cpu"]) == 2
+    assert main(["sample", "--model", str(tiny_model_dir), "--class", "3", "--out", str(tmp_path / "o"),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") == 3
