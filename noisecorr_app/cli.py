@@ -104,6 +104,21 @@ def _sample(a):
     print(f"wrote {a.n} PNG images to {out}" + (f" and the trace to {a.trace}" if a.trace else ""))
 
 
+def _evaluate_speed(a):
+    import torch
+
+    from .evaluation.speed import loop_overhead
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model = _load(a)
+    rows = loop_overhead(model, samplers=a.samplers.split(","), steps=a.steps, batch=a.batch)
+    print(f"{'sampler':8} {'NFE/step':>8} {'ms/step':>9} {'net ms':>9} {'overhead':>9}")
+    for r in rows:
+        print(f"{r['sampler']:8} {r['nfe_per_step']:8.2f} {r['ms_per_step']:9.1f} {r['network_ms_per_step']:9.1f} "
+              f"{r['overhead_pct']:8.2f}%")
+
+
 def _model_args(p):
     p.add_argument("--model", default=None, help="Hub repo id or local folder (default: the embedded model in weights/)")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) to pin")
@@ -138,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="folder for the PNG images")
     sp.add_argument("--trace", default=None, help="write per-step records (sigma, eps norm, NFE) to this JSON file")
     sp.set_defaults(func=_sample)
+
+    ev = sub.add_parser("evaluate", help="measure speed, sample quality or restoration quality")
+    esub = ev.add_subparsers(dest="what", required=True, metavar="WHAT")
+    es = esub.add_parser("speed", help="wall time per step and the sampling loop's overhead beyond the network")
+    _model_args(es)
+    es.add_argument("--samplers", default=",".join(SAMPLERS))
+    es.add_argument("--steps", type=int, default=20)
+    es.add_argument("--batch", type=int, default=1)
+    es.add_argument("--threads", type=int, default=None)
+    es.set_defaults(func=_evaluate_speed)
 
     train = sub.add_parser("train", help="train the default denoiser or an extra network")
     tsub = train.add_subparsers(dest="what", required=True, metavar="WHAT")
