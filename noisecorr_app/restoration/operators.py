@@ -27,6 +27,7 @@ and raises ``ValueError`` with a message meant for the user.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -119,7 +120,6 @@ class _SeparableSVD:
         uw, sw, vwt = (uh, sh, vht) if mw is mh else torch.linalg.svd(mw, full_matrices=False)  # square images
         s2 = sh[:, None] * sw[None, :]
         keep = s2 > rtol * s2.max()
-        self.truncated = int((~keep).sum())
         self.mats = (uh, vht, uw, vwt, torch.where(keep, s2, 0.0),
                      torch.where(keep, 1.0 / s2.clamp_min(1e-300), 0.0))
 
@@ -257,20 +257,20 @@ class GaussianBlur(Operator):
         size = min(int(size), n if n % 2 else n - 1)
         return gaussian_kernel(self.sigma, size)
 
-    def svd(self, like, h, w):
+    def _svd(self, like, h, w):
         def build():
             mh = blur_matrix(h, self.kernel(h))
             return _SeparableSVD(mh, mh if h == w else blur_matrix(w, self.kernel(w)), self.rtol).mats
         return self._const((h, w), like, build)
 
     def A(self, x):
-        return _SeparableSVD.A(self.svd(x, *x.shape[-2:]), x)
+        return _SeparableSVD.A(self._svd(x, *x.shape[-2:]), x)
 
     def At(self, y):
-        return _SeparableSVD.At(self.svd(y, *y.shape[-2:]), y)
+        return _SeparableSVD.At(self._svd(y, *y.shape[-2:]), y)
 
     def pinv(self, y):
-        return _SeparableSVD.pinv(self.svd(y, *y.shape[-2:]), y)
+        return _SeparableSVD.pinv(self._svd(y, *y.shape[-2:]), y)
 
     def view(self, y):
         return y
@@ -370,7 +370,7 @@ class CompressiveSensing(Operator):
     def __post_init__(self):
         if not 0 < self.ratio <= 1:
             raise ValueError(f"compressive-sensing ratio must be in (0, 1], got {self.ratio!r}")
-        h, w = (self.image_size,) * 2 if isinstance(self.image_size, int) else self.image_size
+        h, w = (self.image_size,) * 2 if isinstance(self.image_size, numbers.Integral) else self.image_size
         self.hw = (int(h), int(w))
         self.n = self.hw[0] * self.hw[1]
         if not _is_pow2(self.n):
@@ -473,8 +473,8 @@ _SETTINGS = {"sr2": {"mode"}, "sr4": {"mode"}, "sr": {"factor", "mode"}, "deblur
 
 def _inpainting(size: int, channels: int, mask=None, drawing=None, seed=0, threshold=0.5, **kw) -> Inpainting:
     if drawing is not None:
-        if mask is not None:
-            raise ValueError("give either a mask or a drawing, not both")
+        if mask is not None or kw:
+            raise ValueError("a drawn mask takes no other mask settings (mask, keep, box)")
         mask = mask_from_image(drawing, size, threshold)
     elif mask is None or isinstance(mask, str):
         mask = make_mask(mask or "box", size, seed, **kw)
@@ -512,14 +512,14 @@ def make_operator(task: str, image_size: int, channels: int = 3, **settings) -> 
     size = int(image_size)
     if task in ("sr2", "sr4", "sr"):
         factor = {"sr2": 2, "sr4": 4}.get(task, settings.get("factor", 4))
-        if not isinstance(factor, (int, np.integer)) or isinstance(factor, bool) or factor < 2:
+        if not isinstance(factor, numbers.Integral) or isinstance(factor, bool) or factor < 2:
             raise ValueError(f"super-resolution factor must be an integer >= 2, got {factor!r}")
         if size % factor:
             raise ValueError(f"super-resolution factor {factor} does not divide the image size {size}")
         return SuperResolution(int(factor), settings.get("mode", "avgpool"))
     if task == "deblur":
         sigma = settings.get("sigma", 3.0)
-        if not isinstance(sigma, (int, float)) or not 0 < sigma <= 20:
+        if not isinstance(sigma, numbers.Real) or not 0 < sigma <= 20:
             raise ValueError(f"blur sigma must be in (0, 20] pixels, got {sigma!r}")
         return GaussianBlur(float(sigma), settings.get("kernel_size"), settings.get("rtol", 1e-3))
     if task == "colorize":
@@ -528,7 +528,7 @@ def make_operator(task: str, image_size: int, channels: int = 3, **settings) -> 
         return Colorization(channels)
     if task == "cs":
         ratio = settings.get("ratio", 0.25)
-        if not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+        if not isinstance(ratio, numbers.Real) or not 0 < ratio <= 1:
             raise ValueError(f"compressive-sensing ratio must be in (0, 1], got {ratio!r}")
         if not _is_pow2(size):
             raise ValueError(f"compressive sensing needs a power-of-two image size (32, 64, 256, ...), got {size}")

@@ -1,0 +1,118 @@
+"""Model cards for what ``train`` produces: regenerated from the checkpoint's own records.
+
+The card says what data, what command, how long on what hardware, and what it scores; the loss
+curve and the sample grid are drawn from ``training/loss_log.csv`` and the weights themselves.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+
+def loss_curve(log_csv: Path, out_png: Path, title: str, smooth: int = 50):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(log_csv)))
+    steps = [int(r["step"]) for r in rows]
+    loss = torch.tensor([float(r["loss"]) for r in rows])
+    k = max(1, min(smooth, len(loss) // 5))
+    smoothed = torch.nn.functional.avg_pool1d(loss.view(1, 1, -1), k, 1).view(-1) if len(loss) >= k else loss
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.plot(steps, loss.numpy(), color="0.8", lw=0.8, label="logged")
+    ax.plot(steps[k - 1:], smoothed.numpy(), color="C0", lw=1.5, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+
+
+def class_grid(model, out_png: Path, per_class: int = 8, steps: int = 50, sampler: str = "ddim", seed: int = 0):
+    """One row per class (or a block of unconditional samples), same seeds in every row."""
+    from ..images import grid, to_pil
+    from ..sampling.run import sample
+
+    rows = list(range(model.num_classes)) if model.num_classes else [None] * 4
+    images = []
+    for c in rows:
+        res = sample(model, sampler=sampler, steps=steps, n=per_class, seed=seed,
+                     labels=None if c is None else [c] * per_class)
+        images += to_pil(res.images)
+    grid(images, cols=per_class, scale=2).save(out_png)
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def write_denoiser_card(folder: Path, command: str, metrics: dict | None = None, samples: bool = True):
+    from ..models.loading import load_model
+
+    folder = Path(folder)
+    state = json.loads((folder / "training" / "state.json").read_text())
+    info = json.loads((folder / "noisecorr.json").read_text())
+    cfg = state["config"]
+    loss_curve(folder / "training" / "loss_log.csv", folder / "loss_curve.png", f"{folder.name}: training loss")
+    model = load_model(folder, device="cpu")
+    if samples:
+        class_grid(model, folder / "samples_per_class.png")
+    n_params = sum(p.numel() for p in model.unet.parameters())
+    metrics = metrics or {}
+    rows = "\n".join(f"| {k} | {v} |" for k, v in metrics.items()) or "| (not measured yet) | |"
+    classes = ", ".join(f"{i} {n}" for i, n in enumerate(info.get("class_names") or []))
+    text = f"""# {folder.name}: the embedded default model
+
+A class-conditional DDPM-type `UNet2DModel` ({n_params / 1e6:.2f}M parameters, 32x32) trained by this
+project's own script on CIFAR-10. It is small enough to sample interactively on a CPU.
+
+| | |
+| --- | --- |
+| data | CIFAR-10 train split: 50,000 images (JPEG re-encodes, quality 75, of the originals; `../shared/data/cifar10`, provenance in its README), random horizontal flips |
+| diffusion | epsilon prediction, linear betas 1e-4..0.02, T = 1000: the sigma space of `google/ddpm-cifar10-32` |
+| classes | {classes}; null class {info.get('null_class')} |
+| class dropout | {info.get('p_class_drop')} (classifier-free guidance) |
+| noise-condition dropout | {info.get('p_noise_drop')}: the timestep is replaced by the sentinel {info.get('null_timestep')} (classifier-free NAG) |
+| command | `{command}` |
+| steps so far | {state['step']:,} at batch {cfg['extra'].get('batch_size')} (AdamW lr {cfg['lr']}, warm-up {cfg['warmup']}, grad clip {cfg['grad_clip']}) |
+| training time | {state['seconds'] / 3600:.2f} h of compute, last run on {state['device']} ({hardware()}), precision {state['precision']} |
+| weights | EMA (decay ramping to {cfg['ema_decay']}), fp16 safetensors in `unet/`; `training/params.safetensors` holds the raw weights for resuming |
+
+Loading needs no custom code: `UNet2DModel.from_pretrained(folder, subfolder="unet")`; the null
+class is the last row of the class-embedding table, and the null noise level is the timestep
+{info.get('null_timestep')}, outside [0, 1000), whose sinusoidal embedding no real timestep shares
+(recorded in `noisecorr.json`). In noisecorr: `load_model("{folder.name}")` or `load_model()`.
+
+Training resumes from `training/`: run the same command again. Adam's moments
+(`training/optimizer.safetensors`) are not committed; a resume without them warms the learning
+rate up again over {cfg['warmup']} steps.
+
+## Quality
+FID-C10 and KID are computed in the feature space of this project's CIFAR-10 classifier
+(`weights/cifar10-classifier`), **not comparable with Inception FID**.
+
+| measure | value |
+| --- | --- |
+{rows}
+
+## Loss
+![loss curve](loss_curve.png)
+
+## Samples
+DDIM, 50 steps, seeds 0-7, one row per class (same seeds in every row), upscaled 2x:
+
+![samples](samples_per_class.png)
+"""
+    (folder / "README.md").write_text(text)
+    return text
