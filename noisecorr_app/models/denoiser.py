@@ -194,3 +194,45 @@ class UNetDenoiser:
         z, t, labels = self._inputs(x, sigma, cond)
         out = self.unet(z.to(self.dtype), t.to(self.device), class_labels=labels).sample
         return self._to_eps(out, z, sigma)
+
+    # -- bottleneck features (what NLC's r_theta reads) --------------------------------------------
+    @property
+    def feature_channels(self) -> int:
+        return self.unet.config.block_out_channels[-1]
+
+    @torch.no_grad()
+    def eps_and_features(self, x: torch.Tensor, sigma, cond: Cond | None = None):
+        """One full pass: eps and the mid-block output (B, C, h, w), in float32."""
+        sigma = as_sigma(sigma, x)
+        z, t, labels = self._inputs(x, sigma, cond)
+        store = {}
+        handle = self.unet.mid_block.register_forward_hook(lambda m, i, o: store.update(f=o))
+        try:
+            out = self.unet(z.to(self.dtype), t.to(self.device), class_labels=labels).sample
+        finally:
+            handle.remove()
+        return self._to_eps(out, z, sigma), store["f"].float()
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, sigma, cond: Cond | None = None) -> torch.Tensor:
+        """The encoder and middle block only (the decoder is skipped: about half a network call)."""
+        sigma = as_sigma(sigma, x)
+        z, t, labels = self._inputs(x, sigma, cond)
+        store = {}
+
+        def stop(module, inputs, output):
+            store["f"] = output
+            raise _FeaturesReady
+
+        handle = self.unet.mid_block.register_forward_hook(stop)
+        try:
+            self.unet(z.to(self.dtype), t.to(self.device), class_labels=labels)
+        except _FeaturesReady:
+            pass
+        finally:
+            handle.remove()
+        return store["f"].float()
+
+
+class _FeaturesReady(Exception):
+    """Raised by a hook to end a forward pass once the bottleneck features exist."""

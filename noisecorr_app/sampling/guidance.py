@@ -36,18 +36,31 @@ class Guided:
     def __getattr__(self, name):          # sigma range, sample shape, ... come from the wrapped model
         return getattr(self.model, name)
 
-    def eps(self, x, sigma, cond: Cond | None = None):
+    def _branches(self, cond: Cond | None, b: int) -> list[Cond]:
         cond = cond or Cond()
-        b = x.shape[0]
         branches = [cond]
         if self.cfg_scale != 1:
             branches.append(Cond(cond.labels, null_label=torch.ones(b, dtype=torch.bool), null_noise=cond.null_noise))
         if self.nag_scale:
             branches.append(Cond(cond.labels, null_label=cond.null_label, null_noise=torch.ones(b, dtype=torch.bool)))
+        return branches
+
+    def eps(self, x, sigma, cond: Cond | None = None):
+        branches = self._branches(cond, x.shape[0])
         if len(branches) == 1:
             return self.model.eps(x, sigma, cond)
         k = len(branches)
-        out = self.model.eps(x.repeat(k, 1, 1, 1), sigma.repeat(k), Cond.cat(branches, [b] * k)).split(b)
+        out = self.model.eps(x.repeat(k, 1, 1, 1), sigma.repeat(k), Cond.cat(branches, [x.shape[0]] * k))
+        return self._combine(out.split(x.shape[0]))
+
+    def eps_and_features(self, x, sigma, cond: Cond | None = None):
+        """Guided eps and the bottleneck features of the conditional branch, from the same batched call."""
+        branches = self._branches(cond, x.shape[0])
+        k = len(branches)
+        out, feats = self.model.eps_and_features(x.repeat(k, 1, 1, 1), sigma.repeat(k), Cond.cat(branches, [x.shape[0]] * k))
+        return self._combine(out.split(x.shape[0])), feats[: x.shape[0]]
+
+    def _combine(self, out):
         eps = out[0]
         i = 1
         if self.cfg_scale != 1:

@@ -19,10 +19,13 @@ MAX_STEPS = 1000
 
 
 class CountingDenoiser:
-    """Counts the images that pass through the network: NFE per image = count / batch size."""
+    """Counts the images that pass through the network: NFE per image = count / batch size.
+    An encoder-only pass (bottleneck features for NLC) counts as half an evaluation."""
+
+    ENCODER_ONLY = 0.5
 
     def __init__(self, model):
-        self.model, self.count = model, 0
+        self.model, self.count = model, 0.0
 
     def __getattr__(self, name):
         return getattr(self.model, name)
@@ -30,6 +33,14 @@ class CountingDenoiser:
     def eps(self, x, sigma, cond=None):
         self.count += x.shape[0]
         return self.model.eps(x, sigma, cond)
+
+    def eps_and_features(self, x, sigma, cond=None):
+        self.count += x.shape[0]
+        return self.model.eps_and_features(x, sigma, cond)
+
+    def features(self, x, sigma, cond=None):
+        self.count += self.ENCODER_ONLY * x.shape[0]
+        return self.model.features(x, sigma, cond)
 
 
 @dataclass

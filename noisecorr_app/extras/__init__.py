@@ -1,0 +1,1 @@
+"""Optional networks beside the denoisers (the FID-C10 classifier, ...)."""
