@@ -97,3 +97,30 @@ def test_nlc_features_match_between_passes(tiny_with_nlc):
     eps, f1 = model.eps_and_features(x, s)
     torch.testing.assert_close(f1, model.features(x, s))
     torch.testing.assert_close(eps, model.eps(x, s))
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_time_shift_runs_in_every_sampler_and_relabels(tiny_with_nlc, sampler):
+    from noisecorr_app.sampling.corrections import TimeShift
+
+    model, _ = tiny_with_nlc
+    plain = sample(model, sampler=sampler, steps=5, n=2, seed=1)
+    ts0 = sample(model, sampler=sampler, steps=5, n=2, seed=1, correction=TimeShift(window=0))
+    ts = sample(model, sampler=sampler, steps=5, n=2, seed=1, correction=TimeShift(window=40, cutoff=0))
+    torch.testing.assert_close(plain.images, ts0.images)          # an empty window is the plain sampler
+    assert ts.nfe_per_image == plain.nfe_per_image
+    shifted = [r for r in ts.records if not torch.allclose(r.sigma_used, torch.tensor(r.sigma))]
+    assert shifted                                                # some steps were relabelled
+
+
+def test_time_shift_picks_the_level_matching_the_variance(tiny_with_nlc):
+    from noisecorr_app.sampling.corrections import TimeShift
+
+    model, _ = tiny_with_nlc
+    t_true, t_label = 200, 190          # where 1 - abar changes fast enough for the variance to resolve it
+    s_true, s_label = model.sigma_of_timestep(t_true), model.sigma_of_timestep(t_label)
+    # pure noise at t_true in VP coordinates, handed over labelled t_label
+    z = (1 - model.alphas_cumprod[t_true]).sqrt().float() * torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    x = z * (1 + s_label ** 2).sqrt()
+    p = TimeShift(window=40, cutoff=0).predict(model, x, s_label.expand(4), s_label.expand(4) / 2, None, 0)
+    assert (model.timestep(p.sigma) - t_true).abs().max() <= 3

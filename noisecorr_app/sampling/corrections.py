@@ -71,6 +71,40 @@ class EpsScaling(Correction):
         return Prediction(x, eps / self.factor(step), sigma, sigma_next, rms(eps))
 
 
+class TimeShift(Correction):
+    """The time-shift sampler (Li et al., ICLR 2024): relabel the state's timestep.
+
+    In VP coordinates the state z = x / sqrt(1 + sigma^2) is kept and its label t is replaced by the
+    tau in a window around t whose noise variance 1 - abar_tau best matches the per-image variance
+    of z (the paper's variance rule, which ignores the signal's own variance), above a cutoff
+    timestep only. In sigma space the same state at level sigma_tau is x * sqrt((1 + sigma_tau^2) /
+    (1 + sigma^2)); the step then goes from there to the scheduled sigma_next.
+    """
+    name = "ts"
+
+    def __init__(self, window: int = 20, cutoff: int = 300):
+        if window < 0 or not 0 <= cutoff < 1000:
+            raise ValueError("time-shift needs window >= 0 and a cutoff timestep in [0, 1000)")
+        self.window, self.cutoff = window, cutoff
+
+    def predict(self, model, x, sigma, sigma_next, cond, step):
+        if not hasattr(model, "timestep") or not hasattr(model, "alphas_cumprod"):
+            raise ValueError("the time-shift sampler needs a model with a discrete training schedule")
+        t = model.timestep(sigma).round().long().cpu()
+        if int(t.max()) > self.cutoff and self.window:
+            abar = model.alphas_cumprod.float()
+            offsets = torch.arange(-(self.window // 2), self.window // 2 + 1)
+            cand = (t.view(-1, 1) + offsets.view(1, -1)).clamp(0, len(abar) - 1)          # (B, W)
+            var_z = (x.flatten(1).float().var(1).cpu() / (1 + sigma.float().cpu() ** 2)).view(-1, 1)
+            best = cand.gather(1, ((var_z - (1 - abar[cand])) ** 2).argmin(1, keepdim=True)).view(-1)
+            best = torch.where(t > self.cutoff, best, t)
+            sigma_ts = model.sigma_of_timestep(best).to(x.device)
+            x = x * bcast(((1 + sigma_ts ** 2) / (1 + sigma ** 2)).sqrt(), x)
+            sigma = sigma_ts
+        eps = model.eps(x, sigma, cond)
+        return Prediction(x, eps, sigma, sigma_next, rms(eps))
+
+
 class LevelCorrection(Correction):
     """NLC-style: estimate the actual level of x as ``sigma * (1 + r)`` and sample from there.
 
@@ -160,4 +194,4 @@ class NLC(LevelCorrection):
         return self.net(feats.to(device), sigma.to(device)).to(x.device)
 
 
-CORRECTIONS = {"none": Correction, "es": EpsScaling, "self": SelfEstimate}
+CORRECTIONS = {"none": Correction, "es": EpsScaling, "ts": TimeShift, "self": SelfEstimate}

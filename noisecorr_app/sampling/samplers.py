@@ -9,7 +9,9 @@ shaped like x (per-image seeded: see ``noise.py``). Each step yields a record wi
 before and after it, so callers can stream previews, plot the noise shift, or stop early.
 
 The update formulas are METHODS.md section 2, written with the prediction's (possibly corrected)
-``sigma`` and ``sigma_next``: with the identity correction they are the textbook samplers.
+``sigma`` and ``sigma_next``, stepping from the prediction's state ``p.x`` (a correction may relabel
+the state, as the time-shift sampler does): with the identity correction they are the textbook
+samplers.
 """
 from __future__ import annotations
 
@@ -82,11 +84,11 @@ def edm(x, sigmas, predict: Predict, noise: Noise) -> Iterator[StepRecord]:
         s_i, sn_i = _levels(sigmas, i, x)
         p = predict(x, s_i, sn_i, i)
         step = bcast(p.sigma_next - p.sigma, x)
-        x_next = x + step * p.eps
+        x_next = p.x + step * p.eps
         if float(sigmas[i + 1]) > 0:
             snn = sigmas[i + 2] if i + 2 < len(sigmas) else sigmas[i + 1] * 0
             p2 = predict(x_next, sn_i, snn.to(x.device).expand(x.shape[0]), i)
-            x_next = x + step * 0.5 * (p.eps + p2.eps)
+            x_next = p.x + step * 0.5 * (p.eps + p2.eps)
         yield _record(i, sigmas, p, x_next)
         x = x_next
 
@@ -106,7 +108,7 @@ def dpmpp_2m(x, sigmas, predict: Predict, noise: Noise) -> Iterator[StepRecord]:
             if x0_prev is not None:
                 r = bcast(h_prev / h, x)
                 d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-            x_next = bcast(p.sigma_next / p.sigma, x) * x - bcast(torch.expm1(-h), x) * d
+            x_next = bcast(p.sigma_next / p.sigma, x) * p.x - bcast(torch.expm1(-h), x) * d
             x0_prev, h_prev = x0, h
         yield _record(i, sigmas, p, x_next)
         x = x_next
