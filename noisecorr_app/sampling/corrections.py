@@ -39,8 +39,8 @@ class Correction:
     """The identity: the network's eps at the scheduled level. Subclasses override ``predict``."""
     name = "none"
 
-    def reset(self):
-        """Called before each sampling run (for corrections that keep state across steps)."""
+    def reset(self, sigmas: torch.Tensor | None = None, sampler: str | None = None):
+        """Called before each sampling run with its schedule and sampler name."""
 
     def predict(self, model, x, sigma, sigma_next, cond: Cond | None, step: int) -> Prediction:
         eps = model.eps(x, sigma, cond)
@@ -167,6 +167,28 @@ class SelfEstimate(LevelCorrection):
     def ratio(self, model, x, sigma, cond, step):
         eps = model.eps(x, sigma, cond)
         return rms(eps) - 1, eps
+
+
+class NLCTable(LevelCorrection):
+    """NLC without a network at sampling time: the mean r recorded on baseline runs, looked up.
+
+    ``table`` (extras/nlc_table.py) holds, per sampler, the mean r over a log-sigma grid for a few
+    step counts; a run interpolates between step counts in log steps, then in log sigma. The
+    denoiser is evaluated once, at the corrected level, so a step costs what a plain step does.
+    """
+    name = "nlc-lut"
+
+    def __init__(self, table, **kw):
+        super().__init__(reevaluate=True, **kw)
+        self.table, self._row = table, None
+
+    def reset(self, sigmas=None, sampler=None):
+        self._row = self.table.row(sampler or "ddim", max(1, len(sigmas) - 1) if sigmas is not None else 20)
+
+    def ratio(self, model, x, sigma, cond, step):
+        if self._row is None:
+            self.reset()
+        return self.table.lookup(self._row, sigma).to(x.device)
 
 
 class NLC(LevelCorrection):

@@ -69,3 +69,39 @@ class Guided:
         if self.nag_scale:
             eps = eps + self.nag_scale * (out[0] - out[i])
         return eps
+
+
+@dataclass
+class EstimatorGuided:
+    """Classifier-based NAG: push the state towards where the scheduled level is the likely one.
+
+    ``eps_guided = eps - w * sigma * grad_x log g_phi(sigma | x)`` (METHODS.md section 4), with
+    g_phi the noise-level estimator's Gaussian over log sigma. It works for any model that has an
+    estimator trained on its data; the extra cost is one estimator forward and backward per step.
+    """
+    model: object
+    estimator: torch.nn.Module
+    weight: float = 1.0
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def _guidance(self, x, sigma):
+        dev = next(self.estimator.parameters()).device
+        with torch.enable_grad():
+            xg = x.detach().float().to(dev).requires_grad_(True)
+            logp = self.estimator.log_prob(xg, sigma.to(dev)).sum()
+            grad, = torch.autograd.grad(logp, xg)
+        return grad.to(x.device, x.dtype)
+
+    def eps(self, x, sigma, cond: Cond | None = None):
+        eps = self.model.eps(x, sigma, cond)
+        if not self.weight:
+            return eps
+        return eps - self.weight * sigma.view(-1, 1, 1, 1) * self._guidance(x, sigma)
+
+    def eps_and_features(self, x, sigma, cond: Cond | None = None):
+        eps, feats = self.model.eps_and_features(x, sigma, cond)
+        if self.weight:
+            eps = eps - self.weight * sigma.view(-1, 1, 1, 1) * self._guidance(x, sigma)
+        return eps, feats

@@ -9,11 +9,11 @@ import torch
 
 from ..models.denoiser import Cond, as_denoiser
 from .corrections import Correction
-from .guidance import Guided
+from .guidance import EstimatorGuided, Guided
 from .noise import SeededNoise
 from .samplers import SAMPLERS, StepRecord
 from .schedules import make_schedule
-from .trace import light, step_summary
+from .trace import light, noise_shift, step_summary
 
 MAX_STEPS = 1000
 
@@ -51,9 +51,13 @@ class SampleResult:
     seconds: float
     settings: dict = field(default_factory=dict)
 
+    @property
+    def noise_shift(self) -> float | None:
+        return noise_shift(self.records)
+
     def trace(self, per_image: bool = False) -> dict:
         return {"settings": self.settings, "nfe_per_image": self.nfe_per_image, "seconds": round(self.seconds, 4),
-                "steps": [step_summary(r, per_image) for r in self.records]}
+                "noise_shift": self.noise_shift, "steps": [step_summary(r, per_image) for r in self.records]}
 
 
 def check_settings(sampler: str, steps: int, n: int):
@@ -69,20 +73,26 @@ def sample_steps(model, *, sampler: str = "ddim", steps: int = 20, n: int = 1, s
                  seeds: list[int] | None = None, labels=None, correction: Correction | None = None,
                  cfg_scale: float = 1.0, nag_scale: float = 0.0, schedule: str = "model",
                  sigmas: torch.Tensor | None = None, x: torch.Tensor | None = None,
-                 **sampler_options) -> Iterator[StepRecord]:
+                 estimator=None, nag_est_scale: float = 0.0, **sampler_options) -> Iterator[StepRecord]:
     """Yield one StepRecord per step (with image tensors); the last record's ``x_next`` is the sample.
 
     seeds: one per image (default seed, seed+1, ...); labels: class per image (int or list) or None.
     Each record's ``nfe`` is the network evaluations per image that step spent.
+    estimator: a noise-level estimator; each record then carries ``extras['sigma_est']``, its reading
+    of the state entering the step. nag_est_scale: estimator-based NAG with that weight.
     """
     check_settings(sampler, steps, n)
     base = as_denoiser(model)
     counted = CountingDenoiser(base)
     net = Guided(counted, cfg_scale, nag_scale) if (cfg_scale != 1 or nag_scale) else counted
+    if nag_est_scale:
+        if estimator is None:
+            raise ValueError("estimator-based NAG needs a noise-level estimator for this model")
+        net = EstimatorGuided(net, estimator, nag_est_scale)
     correction = correction or Correction()
-    correction.reset()
     if sigmas is None:
         sigmas = make_schedule(schedule, base).sigmas(steps)
+    correction.reset(sigmas=sigmas, sampler=sampler)
     seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
     noise = SeededNoise(seeds)
     device = getattr(base, "device", torch.device("cpu"))
@@ -109,6 +119,8 @@ def sample_steps(model, *, sampler: str = "ddim", steps: int = 20, n: int = 1, s
     seen = 0
     for rec in SAMPLERS[sampler](x, sigmas, predict, noise, **sampler_options):
         rec.nfe, seen = (counted.count - seen) / b, counted.count
+        if estimator is not None:
+            rec.extras["sigma_est"] = estimator.estimate(rec.x)
         yield rec
 
 
@@ -121,7 +133,7 @@ def sample(model, *, progress: Callable[[StepRecord], None] | None = None, **kw)
             progress(rec)
         records.append(light(rec))
         last = rec
-    settings = {k: v for k, v in kw.items() if isinstance(v, (int, float, str, list, type(None)))}
+    settings = {k: v for k, v in kw.items() if isinstance(v, (int, float, str, list, type(None))) and k != "x"}
     corr = kw.get("correction")
     settings["correction"] = corr.name if corr else "none"
     return SampleResult(last.x_next.clamp(-1, 1), records, sum(r.nfe for r in records),

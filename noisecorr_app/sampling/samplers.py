@@ -15,7 +15,7 @@ samplers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
@@ -35,6 +35,7 @@ class StepRecord:
     x0: torch.Tensor           # the step's estimate of the clean image
     x_next: torch.Tensor       # state after the step
     nfe: float = 0.0           # network evaluations this step per image (filled in by the runner)
+    extras: dict = field(default_factory=dict)   # per-image measurements added by callers (sigma_est, ...)
 
 
 Predict = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], Prediction]
@@ -50,14 +51,26 @@ def _record(i, sigmas, p: Prediction, x_next) -> StepRecord:
     return StepRecord(i, float(sigmas[i]), float(sigmas[i + 1]), p.sigma, p.eps_norm, p.x, p.x0, x_next)
 
 
-def ddim(x, sigmas, predict: Predict, noise: Noise, eta: float = 0.0) -> Iterator[StepRecord]:
-    """DDIM. eta = 0 is the deterministic probability-flow step ``x0 + sigma_next * eps``;
-    eta > 0 replaces part of eps by fresh noise as DDNM does: ``x0 + sigma_next (sqrt(1-eta^2) eps + eta xi)``."""
+def ddim(x, sigmas, predict: Predict, noise: Noise, eta: float = 0.0, eta_style: str = "ddim") -> Iterator[StepRecord]:
+    """DDIM. eta = 0 is the deterministic probability-flow step ``x0 + sigma_next * eps``.
+
+    eta_style 'ddim' (Song et al.; diffusers): fresh noise of std ``eta * s``, with s the DDPM
+    posterior std ``sigma_next sqrt(1 - sigma_next^2 / sigma^2)``; eta = 1 is DDPM and the noise
+    vanishes as steps shrink. eta_style 'ddnm' (DDNM and the official NLC restoration code):
+    ``x0 + sigma_next (sqrt(1 - eta^2) eps + eta xi)``, a fixed share of fresh noise at any step size,
+    which under-disperses unconditional samples but suits projection-based restoration.
+    """
+    if eta_style not in ("ddim", "ddnm"):
+        raise ValueError("eta_style must be 'ddim' or 'ddnm'")
     for i in range(len(sigmas) - 1):
         p = predict(x, *_levels(sigmas, i, x), i)
-        sn = bcast(p.sigma_next, x)
+        s, sn = bcast(p.sigma, x), bcast(p.sigma_next, x)
         if eta and float(sigmas[i + 1]) > 0:
-            x_next = p.x0 + sn * ((1 - eta ** 2) ** 0.5 * p.eps + eta * noise(x))
+            if eta_style == "ddnm":
+                x_next = p.x0 + sn * ((1 - eta ** 2) ** 0.5 * p.eps + eta * noise(x))
+            else:
+                std = eta * sn * (1 - sn ** 2 / s ** 2).clamp_min(0).sqrt()
+                x_next = p.x0 + (sn ** 2 - std ** 2).clamp_min(0).sqrt() * p.eps + std * noise(x)
         else:
             x_next = p.x0 + sn * p.eps
         yield _record(i, sigmas, p, x_next)

@@ -1,0 +1,430 @@
+"""Restoration methods: DDNM and IterProj(-NLC), built as a correction around the sampling engine.
+
+Restoration is not a new sampler. ``Projected(inner, operator, y)`` is a ``Correction``: it asks its
+inner correction (the identity, epsilon scaling, NLC, ...) for a prediction, takes that
+prediction's x0, projects it onto the measurement set (DDNM's range/null-space step,
+``x0p = x0 - A^+ (A x0 - y)``) and returns a ``Prediction`` whose direction is recomputed from the
+projected estimate, ``eps' = (x - x0p) / sigma_used`` (the official NLC code's
+``ddim_simple_orig``). Samplers only ever see ``Prediction``s, so DDIM, DDPM, EDM-Heun and
+DPM-Solver++ all restore with no sampler-specific code, and every correction composes with it.
+
+Methods (METHODS.md section 7; notes/nlc.md section 5; notes/restoration_app.md A.1):
+
+- ``ddnm``: DDIM with eta (0.85, as DDNM) on the model's own timesteps spaced as DDNM's code does
+  (t = 990, 980, ..., 0 for 100 steps; "leading"), identity inner correction; output: the last x0.
+- ``iterproj``: the official IterProj loop without NLC: a log-linear sigma grid (the official
+  'Linear', from min(100, model sigma_max) to the model's sigma_min) for ``steps - tail_steps``
+  steps, then the cyclic small-sigma tail (``cyclic_tail``: saw-tooth cycles in log sigma from
+  0.02 down towards 0.003, 10 steps per cycle), then 0; DDIM with eta 0.85; output: per image, the
+  most measurement-consistent x0 seen over all steps. Any correction may sit inside the loop
+  (``correction=EpsScaling(...)``: training-free corrections as options).
+- ``iterproj-nlc``: the same loop with an NLC-style ``LevelCorrection`` inside (the caller passes
+  it: the NLC network or its lookup table).
+
+Equal network evaluations: for a budget of ``steps``, ddnm takes ``steps`` DDIM steps and iterproj
+takes ``steps - tail_steps`` main steps plus ``tail_steps`` tail steps, one evaluation each, so
+with the identity inner correction both report ``nfe_per_image == steps``. The default tail is
+20% of the budget (the official CIFAR-10 setting: 80 main + 20 tail of 100), cycles of
+``min(10, tail_steps)`` steps.
+
+Decisions where the papers are silent (ours; documented here and in ``settings``):
+
+- Clipping: the network's x0 is clipped to [-1, 1] *before* the projection (the official order,
+  ``x0 = clip(x - sigma eps)`` then ``P_C``), never after it: clipping a projected estimate would
+  undo ``A x0p = y`` (e.g. a block mean in super-resolution). ``clip=False`` turns it off. The
+  returned images are clamped to [-1, 1], and consistency is always measured on those clamped
+  images (the official code measures ``||A clamp(x0) - y||`` too).
+- Noisy measurements ``y = A x + n``: ``sigma_y`` is the noise std in [0, 1] pixel units (DDRM/DDNM
+  convention), i.e. ``2 sigma_y`` in the model's [-1, 1] space (``model_noise``); supported range
+  [0, 0.2], anything else raises ValueError. Handling is DDNM+'s lambda rule with one scalar per
+  step and image: ``x0p = x0 - lambda A^+ (A x0 - y)`` with
+  ``lambda = min(1, sigma_next / (g * 2 sigma_y))``, where ``sigma_next`` is the level the step
+  re-noises to (DDNM+'s sigma_t / a_t in sigma space) and ``g`` is the RMS noise gain of A^+
+  (``pinv_noise_gain``: the measurement noise A^+ passes into the image, per range-space
+  coordinate, is ``sigma_y / s``). DDNM+ applies the rule per singular value; ``g = 1/s`` makes the
+  scalar rule exact for the operators whose nonzero singular values are all equal (inpainting,
+  average-pooling SR, colorization, compressive sensing). For deblurring and bicubic SR ``g`` is
+  the RMS of 1/s, dominated by the smallest kept singular values, so the noisy projection is
+  conservative (weak) there. DDNM+'s second part, shrinking the re-noising to
+  ``sqrt(sigma_next^2 - (lambda sigma_y / s)^2)`` (gamma), is left out: the sampler owns the fresh
+  noise, so the range space may carry up to sqrt(2) sigma_next of noise at the crossover steps.
+  With ``sigma_y = 0``, lambda = 1: the exact projection. At the last step (sigma_next = 0)
+  lambda = 0, so with noise the final x0 is the model's own (not forced onto the noisy y).
+  Measured on exact Gaussian priors (tests): the output residual is 0.6-1.0 times the noise norm
+  at 20 steps (a posterior sample has 1.0), lower on finer grids (~0.4-0.7 at 100 steps): the rule
+  pulls towards y at every step of the lambda < 1 regime, so it fits part of the noise; the same
+  holds for DDNM+'s own rule with gamma (checked in a 1-D simulation).
+- Keeping "the most consistent x0" (iterproj): the score of a step is ``|c - delta|`` with ``c``
+  the consistency of its (clamped) x0 and ``delta = 2 sigma_y sqrt(m)`` the expected norm of the
+  measurement noise (m measured values): with ``sigma_y = 0`` this is the official "smallest
+  residual", with noise it is the discrepancy principle (fitting the noise is not better). A later
+  step replaces the kept one unless it is worse than the best seen by more than
+  ``1e-3 * sqrt(m)`` (an eighth of a grey level RMS): with an exact projection every step is
+  consistent to round-off, and the float noise must not select an early, blurry x0. The official
+  loop also stops once the batch-mean residual reaches 0; ours always spends the whole budget (same
+  NFE for every method).
+- The projection's ``eps'`` replaces the network's eps in the re-noising (official IterProj);
+  DDNM's own code re-noises with the network's eps. Both end at the projected x0.
+
+Per-step records: ``restore`` adds ``consistency``, ``consistency_before`` and ``lambda`` (per-image
+tensors) to every record's ``extras``, which ``trace.step_summary`` reads, and
+``RestoreResult.history`` holds the same per step as plain numbers (batch means) for plots.
+``Projected.history`` (reset by ``reset()``) keeps them for any other use of the wrapper.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..models.denoiser import Cond, as_denoiser, bcast
+from ..sampling.corrections import Correction, LevelCorrection, Prediction
+from ..sampling.noise import SeededNoise
+from ..sampling.run import MAX_STEPS, sample_steps
+from ..sampling.samplers import SAMPLERS, StepRecord
+from ..sampling.schedules import LogLinear, ModelSpacing
+from ..sampling.trace import light, step_summary
+from .operators import Inpainting, Operator
+
+__all__ = ["METHODS", "SIGMA_Y_MAX", "Projected", "RestoreResult", "restore", "degrade", "cyclic_tail",
+           "iterproj_sigmas", "default_tail_steps", "model_noise", "check_sigma_y", "measurement_size",
+           "pinv_noise_gain"]
+
+METHODS = ("ddnm", "iterproj", "iterproj-nlc")
+SIGMA_Y_MAX = 0.2            # largest measurement noise std, [0, 1] pixel units
+DEFAULT_ETA = 0.85           # DDNM and the official IterProj code
+DEFAULT_STEPS = 100          # DDNM's 100 steps; the official IterProj max_T = 100
+TAIL_FRACTION = 0.2          # official CIFAR-10 setting: 80 main steps + 20 tail steps
+TAIL_SIGMA = (0.003, 0.02)   # official min_sigma, max_sigma of the cyclic tail
+TAIL_CYCLE = 10              # official cycle_size
+ITERPROJ_START_SIGMA = 100.0  # official start_sigma (capped at the model's sigma_max)
+SELECT_TOL = 1e-3            # RMS residual per measurement below which steps count as equally consistent
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurement noise
+
+def check_sigma_y(sigma_y) -> float:
+    """The measurement noise std in [0, 1] pixel units, validated: a number in [0, SIGMA_Y_MAX]."""
+    if isinstance(sigma_y, bool) or not isinstance(sigma_y, numbers.Real) or not 0 <= sigma_y <= SIGMA_Y_MAX:
+        raise ValueError(f"measurement noise sigma_y must be a number in [0, {SIGMA_Y_MAX}] "
+                         f"(std in [0, 1] pixel units), got {sigma_y!r}")
+    return float(sigma_y)
+
+
+def model_noise(sigma_y: float) -> float:
+    """sigma_y in [0, 1] pixel units -> the std in the model's [-1, 1] space (twice as large)."""
+    return 2.0 * check_sigma_y(sigma_y)
+
+
+def measurement_size(operator: Operator, y: torch.Tensor) -> int:
+    """Number of measured values per image: the kept entries for inpainting (y is image-shaped with
+    zeros in the holes, which carry no measurement), every entry of y otherwise."""
+    if isinstance(operator, Inpainting):
+        c = y.shape[1] if y.dim() == 4 else 1
+        return int(operator.mask.expand(c, *operator.mask.shape[1:]).sum())
+    return int(y[0].numel())
+
+
+def _measurement_noise(operator: Operator, like: torch.Tensor, seeds) -> torch.Tensor:
+    """Standard-normal noise shaped like the measurement, per-image seeded; zero in inpainting holes."""
+    n = SeededNoise(list(seeds))(like)
+    return operator.A(n) if isinstance(operator, Inpainting) else n
+
+
+def degrade(operator: Operator, x: torch.Tensor, sigma_y: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """The measurement ``y = A x + n`` of images x (B, C, H, W) in [-1, 1].
+
+    n ~ N(0, (2 sigma_y)^2) per measured value (sigma_y in [0, 1] pixel units), image i drawing from
+    its own generator seeded ``seed + i``; inpainting holes stay 0 (nothing is measured there).
+    """
+    s = model_noise(sigma_y)
+    y = operator.A(x)
+    if s > 0:
+        y = y + s * _measurement_noise(operator, y, [seed + i for i in range(y.shape[0])])
+    return y
+
+
+def pinv_noise_gain(operator: Operator, y: torch.Tensor, probes: int = 4) -> float:
+    """RMS gain of A^+ on measurement noise: ``sqrt(E||A^+ n||^2 / E||n||^2)`` for noise n in the
+    range of A (``n = A A^+ z``), i.e. the RMS of 1/s over the kept singular values. Exact for the
+    operators with equal nonzero singular values (1/s: inpainting 1, avg-pool SR f, colorization
+    sqrt(3), CS 1); estimated from fixed-seed probes for the others (blur, bicubic SR)."""
+    z = torch.randn(probes, *y.shape[1:], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    n = operator.A(operator.pinv(z))
+    back = operator.pinv(n)
+    den = float(n.pow(2).sum())
+    return math.sqrt(float(back.pow(2).sum()) / den) if den > 0 else 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# The projection as a correction
+
+class Projected(Correction):
+    """Wrap a correction so that every prediction's x0 lies on (or, with noise, moves towards)
+    ``{x : A x = y}``; see the module docstring for the rules.
+
+    inner: the correction whose prediction is projected (``Correction()`` = the plain network).
+    operator, y: the measurement; y (B or 1, ...) is moved to x's device and dtype as needed.
+    sigma_y: measurement noise std in [0, 1] pixel units (DDNM+ lambda rule when > 0).
+    clip: clip the inner x0 to [-1, 1] before projecting (official order).
+    """
+
+    def __init__(self, inner: Correction | None, operator: Operator, y: torch.Tensor, sigma_y: float = 0.0,
+                 clip: bool = True):
+        self.inner = inner if inner is not None else Correction()
+        if not hasattr(self.inner, "predict"):
+            raise ValueError(f"the inner correction must be a Correction, got {type(inner).__name__}")
+        self.operator, self.y, self.clip = operator, y, bool(clip)
+        self.sigma_y = check_sigma_y(sigma_y)
+        self.noise = model_noise(self.sigma_y)
+        self.gain = pinv_noise_gain(operator, y) if self.noise > 0 else 1.0
+        self.name = f"projected+{getattr(self.inner, 'name', 'none')}"
+        self.history: list[dict] = []
+        self._ys: dict = {}
+
+    def reset(self, sigmas: torch.Tensor | None = None, sampler: str | None = None):
+        self.inner.reset(sigmas=sigmas, sampler=sampler)
+        self.history = []
+
+    def measurement(self, like: torch.Tensor) -> torch.Tensor:
+        """y on like's device and dtype, expanded to its batch."""
+        key = (like.device, like.dtype)
+        if key not in self._ys:
+            self._ys[key] = self.y.to(like.device, like.dtype)
+        y = self._ys[key]
+        if y.shape[0] != like.shape[0]:
+            if y.shape[0] != 1:
+                raise ValueError(f"the measurement has {y.shape[0]} images but the batch has {like.shape[0]}")
+            y = y.expand(like.shape[0], *y.shape[1:])
+        return y
+
+    def lam(self, sigma_next: torch.Tensor) -> torch.Tensor:
+        """DDNM+'s lambda per image: 1 without noise, min(1, sigma_next / (g * sigma_y_model)) with."""
+        if self.noise == 0:
+            return torch.ones_like(sigma_next, dtype=torch.float32)
+        return (sigma_next.float() / (self.gain * self.noise)).clamp(max=1.0)
+
+    def predict(self, model, x, sigma, sigma_next, cond: Cond | None, step: int) -> Prediction:
+        p = self.inner.predict(model, x, sigma, sigma_next, cond, step)
+        x0 = p.x0.clamp(-1, 1) if self.clip else p.x0
+        y = self.measurement(x0)
+        resid = self.operator.A(x0) - y
+        lam = self.lam(p.sigma_next).to(x0.device)
+        x0p = x0 - bcast(lam, x0) * self.operator.pinv(resid)
+        eps = (x - x0p) / bcast(p.sigma.clamp_min(1e-12), x)
+        if not self.history or self.history[-1]["step"] != step:   # EDM calls twice per step: keep the first
+            self.history.append({"step": step, "sigma_used": p.sigma.detach().cpu(), "lambda": lam.detach().cpu(),
+                                 "consistency_before": resid.flatten(1).norm(dim=1).detach().cpu(),
+                                 "consistency": self.operator.consistency(x0p, y).detach().cpu()})
+        return Prediction(x, eps, p.sigma, p.sigma_next, p.eps_norm)
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedules
+
+def default_tail_steps(steps: int) -> int:
+    """20% of the budget in the cyclic tail (official 80 + 20 of 100); none below 5 steps."""
+    return int(round(TAIL_FRACTION * steps)) if steps >= 5 else 0
+
+
+def cyclic_tail(length: int, sigma_min: float = TAIL_SIGMA[0], sigma_max: float = TAIL_SIGMA[1],
+                cycle: int = TAIL_CYCLE, gamma: float = 1.0) -> torch.Tensor:
+    """The official 'redesign_sigma' tail: ``length`` levels in saw-tooth cycles of ``cycle`` steps,
+    ``log s_i = log s_min + (log s_max - log s_min) (1 - u) gamma^(c - 1)`` with c = 1 + i // cycle
+    and u = (i mod cycle) / cycle: every cycle restarts at s_max and decays towards s_min."""
+    if length <= 0:
+        return torch.zeros(0, dtype=torch.float64)
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"the tail needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    if int(cycle) != cycle or cycle < 1:
+        raise ValueError(f"the tail's cycle size must be a positive integer, got {cycle!r}")
+    i = torch.arange(length, dtype=torch.float64)
+    c = torch.floor(1 + i / cycle)
+    u = (i / cycle - c + 1).abs()
+    lo, hi = math.log(sigma_min), math.log(sigma_max)
+    return torch.exp(lo + (hi - lo) * (1 - u).clamp_min(0) * gamma ** (c - 1))
+
+
+def iterproj_sigmas(main_steps: int, tail_steps: int, sigma_max: float, sigma_min: float,
+                    tail_sigma: tuple[float, float] = TAIL_SIGMA, cycle: int | None = None,
+                    gamma: float = 1.0) -> torch.Tensor:
+    """IterProj's whole sigma array (main_steps + tail_steps + 1 values, ending in 0).
+
+    Main part: log-linear from sigma_max to sigma_min (the official 'Linear'), clamped below at the
+    tail's minimum; then ``cyclic_tail`` (cycles of ``cycle`` steps, default min(10, tail_steps));
+    then 0, whose step returns the x0 estimate. The array jumps *up* at every cycle restart: a
+    sampler step from sigma to a larger sigma_next re-noises from the step's x0 (DDIM's
+    ``x0 + sigma_next (...)`` is valid for any pair).
+    """
+    if main_steps < 1:
+        raise ValueError("IterProj needs at least one main step")
+    main = LogLinear(sigma_min, sigma_max).sigmas(main_steps)[:-1].double().clamp_min(tail_sigma[0])
+    cycle = cycle or max(1, min(TAIL_CYCLE, tail_steps))
+    tail = cyclic_tail(tail_steps, tail_sigma[0], tail_sigma[1], cycle, gamma)
+    return torch.cat([main, tail, torch.zeros(1, dtype=torch.float64)]).float()
+
+
+# ----------------------------------------------------------------------------------------------
+# The entry point
+
+@dataclass
+class RestoreResult:
+    images: torch.Tensor                 # (B, C, H, W) in [-1, 1]
+    records: list[StepRecord]            # per step, without image tensors; .extras holds consistency
+    history: list[dict]                  # per step: plain numbers (batch means) for plots
+    consistency: torch.Tensor            # (B,) ||A images - y|| of the returned images
+    nfe_per_image: float
+    seconds: float
+    settings: dict = field(default_factory=dict)
+    kept_step: torch.Tensor | None = None  # (B,) the step whose x0 each image is
+
+    def trace(self, per_image: bool = False) -> dict:
+        return {"settings": self.settings, "nfe_per_image": self.nfe_per_image, "seconds": round(self.seconds, 4),
+                "consistency": [round(float(c), 6) for c in self.consistency],
+                "steps": [step_summary(r, per_image) for r in self.records]}
+
+
+class _Shaped:
+    """A denoiser that does not state its sample shape, told it (from the measurement)."""
+
+    def __init__(self, model, shape):
+        self.model, self.sample_shape = model, tuple(shape)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def eps(self, x, sigma, cond=None):
+        return self.model.eps(x, sigma, cond)
+
+
+def _check_int(name, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {value!r}")
+    return int(value)
+
+
+def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj", steps: int = DEFAULT_STEPS,
+            seed: int = 0, sigma_y: float = 0.0, correction: Correction | None = None, eta: float = DEFAULT_ETA,
+            tail_steps: int | None = None, labels=None, progress: Callable[[StepRecord], None] | None = None, *,
+            n: int | None = None, sampler: str = "ddim", clip: bool = True, cycle_size: int | None = None,
+            tail_sigma: tuple[float, float] = TAIL_SIGMA, sigma_max: float | None = None) -> RestoreResult:
+    """Restore images from the measurement ``y`` (of ``operator``) with one of ``METHODS``.
+
+    model: a denoiser (``eps(x, sigma, cond)``) or a callable eps(x, sigma).
+    y: (B, ...) measurement as ``operator.A`` makes it (``degrade``), or one image without batch dim.
+    steps: network-evaluation budget (ddnm: DDIM steps; iterproj: main + tail steps).
+    seed: image i uses seed + i (start noise and fresh noise); n: number of restorations when y
+    holds one measurement (default: y's batch). sigma_y: measurement noise std in [0, 1] pixel units.
+    correction: the inner correction (required, a LevelCorrection, for iterproj-nlc; optional otherwise).
+    eta: DDIM's eta (DDNM form). tail_steps: iterproj's tail length (default 20% of steps), cycles
+    of ``cycle_size`` (default min(10, tail_steps)) between ``tail_sigma`` = (0.003, 0.02).
+    sampler: "ddim" by definition of the methods; the others work too (eta is DDIM's only).
+    progress(record): called after each step with the full record (its ``extras`` filled in).
+    """
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"unknown restoration method {method!r} (choose from {', '.join(METHODS)})")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
+    sigma_y = check_sigma_y(sigma_y)
+    steps = _check_int("steps", steps, 1, MAX_STEPS)
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta <= 1:
+        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+    if method == "iterproj-nlc":
+        if correction is None:
+            raise ValueError("method 'iterproj-nlc' needs the noise-level correction: pass correction= "
+                             "(the NLC network or its lookup table, a LevelCorrection)")
+        if not isinstance(correction, LevelCorrection):
+            raise ValueError(f"method 'iterproj-nlc' needs a noise-level correction (LevelCorrection), got "
+                             f"{type(correction).__name__}; use method='iterproj' with correction= "
+                             f"for other corrections")
+    if correction is not None and not isinstance(correction, Correction):
+        raise ValueError(f"correction must be a Correction, got {type(correction).__name__}")
+
+    base = as_denoiser(model)
+    device = getattr(base, "device", torch.device("cpu"))
+    y = torch.as_tensor(y).to(device=device, dtype=torch.float32)
+    shape = getattr(base, "sample_shape", None)
+    probe_shape = tuple(operator.pinv(y[:1]).shape[1:]) if y.dim() >= 2 else None
+    if shape is None:
+        if probe_shape is None:
+            raise ValueError("cannot tell the image shape: give a model with sample_shape, or a batched y")
+        shape = probe_shape
+        base = _Shaped(base, shape)
+    meas_shape = tuple(operator.A(torch.zeros(1, *shape, device=device)).shape[1:])
+    if tuple(y.shape) == meas_shape:
+        y = y[None]
+    if tuple(y.shape[1:]) != meas_shape:
+        raise ValueError(f"the measurement has shape {tuple(y.shape[1:])} per image, but this operator makes "
+                         f"{meas_shape} from the model's {'x'.join(map(str, shape))} images")
+    n = y.shape[0] if n is None else _check_int("n", n, 1, 10_000)
+    if y.shape[0] != n:
+        if y.shape[0] != 1:
+            raise ValueError(f"the measurement has {y.shape[0]} images but n = {n}")
+        y = y.expand(n, *y.shape[1:])
+
+    if method == "ddnm":
+        tail = 0
+        if hasattr(base, "alphas_cumprod"):
+            sigmas = ModelSpacing(base.alphas_cumprod, "leading").sigmas(steps)
+            schedule = "model-leading"
+        else:
+            sigmas = LogLinear(base.sigma_min, base.sigma_max).sigmas(steps)
+            schedule = "loglinear"
+    else:
+        tail = default_tail_steps(steps) if tail_steps is None else _check_int("tail_steps", tail_steps, 0, steps - 1)
+        hi = float(sigma_max) if sigma_max is not None else min(ITERPROJ_START_SIGMA, float(base.sigma_max))
+        cycle = cycle_size if cycle_size is not None else max(1, min(TAIL_CYCLE, tail))
+        sigmas = iterproj_sigmas(steps - tail, tail, hi, float(base.sigma_min), tuple(tail_sigma), cycle)
+        schedule = "loglinear+cyclic-tail"
+
+    proj = Projected(correction, operator, y, sigma_y=sigma_y, clip=clip)
+    delta = model_noise(sigma_y) * math.sqrt(measurement_size(operator, y))
+    tol = SELECT_TOL * math.sqrt(measurement_size(operator, y))
+    keep_best = method != "ddnm"
+    options = {"eta": float(eta), "eta_style": "ddnm"} if sampler == "ddim" else {}
+
+    best = best_score = kept = None
+    records, history = [], []
+    for rec in sample_steps(base, sampler=sampler, steps=len(sigmas) - 1, n=n, seed=seed, labels=labels,
+                            correction=proj, sigmas=sigmas, **options):
+        out = rec.x0.clamp(-1, 1)
+        c = operator.consistency(out, proj.measurement(out)).float()
+        h = proj.history[-1] if proj.history and proj.history[-1]["step"] == rec.step else None
+        before = h["consistency_before"] if h else torch.full_like(c.cpu(), float("nan"))
+        lam = h["lambda"] if h else torch.full_like(c.cpu(), float("nan"))
+        rec.extras.update(consistency=c.detach().cpu(), consistency_before=before, **{"lambda": lam})
+        score = (c - delta).abs()
+        if best is None or not keep_best:
+            best, best_score = out, score
+            kept = torch.full((n,), rec.step, dtype=torch.long)
+        else:
+            take = (score <= best_score + tol)
+            best = torch.where(take.view(-1, *[1] * (out.dim() - 1)), out, best)
+            kept = torch.where(take.cpu(), torch.full_like(kept, rec.step), kept)
+            best_score = torch.minimum(best_score, score)
+        if progress:
+            progress(rec)
+        records.append(light(rec))
+        history.append({"step": rec.step, "sigma": rec.sigma, "sigma_next": rec.sigma_next,
+                        "sigma_used": float(rec.sigma_used.float().mean()), "consistency": float(c.mean()),
+                        "consistency_before": float(before.float().mean()), "lambda": float(lam.float().mean()),
+                        "nfe": rec.nfe})
+
+    images = best
+    consistency = operator.consistency(images, proj.measurement(images)).float().cpu()
+    settings = {"method": method, "sampler": sampler, "steps": steps, "main_steps": steps - tail, "tail_steps": tail,
+                "eta": float(eta) if sampler == "ddim" else None, "seed": seed, "n": n, "sigma_y": sigma_y,
+                "sigma_y_model": model_noise(sigma_y), "noise_gain": proj.gain, "clip": bool(clip),
+                "schedule": schedule, "sigma_first": float(sigmas[0]), "operator": type(operator).__name__,
+                "correction": getattr(proj.inner, "name", "none"),
+                "output": "most consistent x0" if keep_best else "last x0"}
+    if method != "ddnm":
+        settings.update(cycle_size=cycle, tail_sigma=list(tail_sigma))
+    return RestoreResult(images, records, history, consistency, sum(r.nfe for r in records),
+                         time.perf_counter() - t0, settings, kept)

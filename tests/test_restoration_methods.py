@@ -1,0 +1,307 @@
+"""Restoration methods (DDNM, IterProj, IterProj-NLC) through the sampling engine, on analytic
+Gaussian priors whose posteriors are known."""
+import math
+
+import pytest
+import torch
+
+from noisecorr_app.models.denoiser import sigmas_from_alphas_cumprod
+from noisecorr_app.restoration.methods import (METHODS, SIGMA_Y_MAX, Projected, cyclic_tail, default_tail_steps,
+                                               degrade, iterproj_sigmas, measurement_size, pinv_noise_gain,
+                                               restore)
+from noisecorr_app.restoration.operators import Inpainting, make_mask, make_operator
+from noisecorr_app.sampling.corrections import Correction, EpsScaling, OracleLevel
+from noisecorr_app.sampling.run import sample, sample_steps
+from noisecorr_app.sampling.samplers import SAMPLERS
+from noisecorr_app.sampling.trace import step_summary
+
+TASKS = ["sr4", "sr2", "inpaint", "deblur", "colorize", "cs"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second thread only fights the other jobs on a shared machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+class PixelGaussian:
+    """Exact denoiser for data with independent pixels x ~ N(mu, s^2) (per-pixel mean and std), on a
+    DDPM training schedule (linear betas, T = 1000) so the 'model' spacing exists:
+    eps(x, sigma) = (x - mu) sigma / (s^2 + sigma^2)."""
+
+    def __init__(self, size=32, s=0.1, mu=None):
+        if mu is None:
+            yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+            mu = 0.4 * torch.stack([xx, yy, xx * yy])                 # smooth, within [-0.4, 0.4]
+        self.mu = torch.as_tensor(mu, dtype=torch.float64).expand(3, size, size).clone()
+        self.s = torch.as_tensor(s, dtype=torch.float64).expand(3, size, size).clone()
+        betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+        self.alphas_cumprod = torch.cumprod(1 - betas, 0)
+        sig = sigmas_from_alphas_cumprod(self.alphas_cumprod)
+        self.sigma_min, self.sigma_max = float(sig[0]), float(sig[-1])
+        self.sample_shape = (3, size, size)
+
+    def eps(self, x, sigma, cond=None):
+        s = sigma.double().view(-1, 1, 1, 1)
+        return ((x.double() - self.mu) * s / (self.s ** 2 + s ** 2)).to(x.dtype)
+
+    def draw(self, n, seed):
+        z = torch.randn(n, *self.mu.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        return (self.mu + self.s * z).float()
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return PixelGaussian()
+
+
+@pytest.fixture(scope="module")
+def truth(prior):
+    return prior.draw(2, 123)
+
+
+def rms(t):
+    return t.flatten(1).pow(2).mean(1).sqrt()
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact consistency without measurement noise
+
+@pytest.mark.parametrize("method", ["ddnm", "iterproj"])
+@pytest.mark.parametrize("task", TASKS)
+def test_consistency_without_noise(prior, truth, task, method):
+    op = make_operator(task, 32)
+    y = degrade(op, truth)
+    res = restore(prior, op, y, method=method, steps=20, seed=1)
+    assert res.images.shape == truth.shape and float(res.images.abs().max()) <= 1
+    assert res.consistency.shape == (2,)
+    assert float(res.consistency.max()) < 1e-3, res.consistency
+    torch.testing.assert_close(res.consistency, op.consistency(res.images, y))
+    assert len(res.records) == len(res.history) == 20
+    assert res.history[-1]["consistency"] < 1e-3 and res.history[0]["consistency_before"] > 1e-2
+
+
+def test_full_mask_projection_returns_y_exactly():
+    """Nothing hidden: the projection replaces the whole estimate by y (A^+ = A = identity)."""
+    op = Inpainting(torch.ones(8, 8))
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    model = PixelGaussian(size=8)
+    proj = Projected(Correction(), op, y, clip=False)
+    sigma = torch.full((3,), 0.7)
+    p = proj.predict(model, x, sigma, sigma * 0.5, None, 0)
+    assert torch.equal(p.x0, y) or float((p.x0 - y).abs().max()) < 1e-6
+    assert torch.equal(p.sigma, sigma) and torch.equal(p.sigma_next, sigma * 0.5)
+    torch.testing.assert_close(p.x, x)
+    assert proj.history[0]["consistency"].max() < 1e-6 and proj.history[0]["consistency_before"].min() > 0.1
+
+
+def test_projection_is_idempotent_and_keeps_consistent_estimates():
+    op = make_operator("sr4", 16)
+    model = PixelGaussian(size=16)
+    x_true = model.draw(2, 5)
+    y = op.A(x_true)
+    proj = Projected(None, op, y, clip=False)
+    x = x_true + 0.3 * torch.randn(x_true.shape, generator=torch.Generator().manual_seed(2))
+    sigma = torch.full((2,), 0.3)
+    p = proj.predict(model, x, sigma, sigma / 2, None, 0)
+    assert float(op.consistency(p.x0, y).max()) < 1e-5
+    torch.testing.assert_close(op.project(p.x0, y), p.x0, atol=1e-6, rtol=0)
+    # eps' is recomputed from the projected estimate: x - sigma eps' = x0p; the null space is the model's
+    raw = Correction().predict(model, x, sigma, sigma / 2, None, 0).x0
+    null = lambda v: v - op.pinv(op.A(v))
+    torch.testing.assert_close(null(p.x0), null(raw), atol=1e-5, rtol=0)
+    # an estimate that already satisfies A x = y is left alone
+    assert float((op.project(x_true, y) - x_true).abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_projected_works_in_every_sampler(prior, truth, sampler):
+    """The engine's own sample(): the wrapper is just a correction, the samplers are unchanged."""
+    for task in ("sr4", "inpaint"):
+        op = make_operator(task, 32)
+        y = degrade(op, truth)
+        res = sample(prior, sampler=sampler, steps=12, n=2, seed=3, correction=Projected(Correction(), op, y))
+        assert float(op.consistency(res.images, y).max()) < 1e-3, (sampler, task)
+        assert res.settings["correction"] == "projected+none"
+        restored = restore(prior, op, y, method="iterproj", steps=12, sampler=sampler, seed=3)
+        assert float(restored.consistency.max()) < 1e-3
+
+
+# ----------------------------------------------------------------------------------------------
+# The posterior, statistically
+
+def test_inpainting_samples_the_known_posterior():
+    """Independent Gaussian pixels: the observed pixels are y, the missing ones ~ N(mu, s^2) (prior),
+    whatever is observed. Pooled over 256 restorations of one measurement, the standardized missing
+    pixels must have mean ~0 and spread ~1. Accurate samplers (DPM-Solver++, DDIM eta=0) are used:
+    DDNM's eta form (eta > 0 applied to the whole sigma_next) is under-dispersed on exact Gaussian
+    data (spread ~0.6-0.85), a property of that sampler, not of the projection."""
+    g = torch.Generator().manual_seed(5)
+    mu = 0.3 * (2 * torch.rand(3, 8, 8, generator=g, dtype=torch.float64) - 1)
+    s = 0.1 + 0.1 * torch.rand(3, 8, 8, generator=g, dtype=torch.float64)
+    model = PixelGaussian(size=8, s=s, mu=mu)
+    op = Inpainting(make_mask("box", 8))
+    y = degrade(op, model.draw(1, 3))
+    missing = ~op.mask.expand(3, 8, 8)
+    for kw in ({"sampler": "dpmpp", "steps": 30}, {"sampler": "ddim", "eta": 0.0, "steps": 50}):
+        res = restore(model, op, y, method="iterproj", n=256, seed=100, **kw)
+        assert float((res.images - y)[:, ~missing].abs().max()) < 1e-5          # observed pixels are y
+        z = ((res.images.double() - mu) / s)[:, missing]
+        assert abs(float(z.mean())) < 0.05, (kw, float(z.mean()))
+        assert 0.9 < float(z.std()) < 1.1, (kw, float(z.std()))
+        assert float(z.mean(0).abs().max()) < 0.35                                 # every pixel, 256 samples
+        assert float(z.std(0).min()) > 0.7
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurement noise
+
+def test_degrade_noise_level_and_seeding(truth):
+    for task in ("sr4", "cs", "inpaint"):
+        op = make_operator(task, 32)
+        y = degrade(op, truth, sigma_y=0.1, seed=4)
+        m = measurement_size(op, y)
+        level = (y - op.A(truth)).flatten(1).norm(dim=1) / math.sqrt(m)
+        assert torch.allclose(level, torch.full_like(level, 0.2), rtol=0.1), (task, level)   # 2 sigma_y in [-1, 1]
+        torch.testing.assert_close(degrade(op, truth[1:], 0.1, seed=5), y[1:])                # image i uses seed + i
+        if task == "inpaint":
+            assert float(y[:, ~op.mask.expand(3, 32, 32)].abs().max()) == 0     # nothing measured in holes
+    assert torch.equal(degrade(op, truth, 0.0), op.A(truth))
+
+
+def test_pinv_noise_gain_is_one_over_the_singular_value():
+    y = lambda op: op.A(torch.zeros(1, 3, 32, 32))
+    for task, gain in [("sr4", 4.0), ("sr2", 2.0), ("colorize", math.sqrt(3)), ("inpaint", 1.0), ("cs", 1.0)]:
+        op = make_operator(task, 32)
+        assert pinv_noise_gain(op, y(op)) == pytest.approx(gain, rel=1e-6), task
+    assert pinv_noise_gain(make_operator("deblur", 32), y(make_operator("deblur", 32))) > 1
+
+
+@pytest.mark.parametrize("method", ["ddnm", "iterproj"])
+def test_noisy_measurements_are_not_fitted(prior, truth, method):
+    """sigma_y > 0: the residual ||A x - y|| / sqrt(m) is about the noise level 2 sigma_y (a posterior
+    sample of this Gaussian has exactly that in expectation), not forced to 0."""
+    sigma_y = 0.1
+    for task in ("sr4", "cs", "inpaint", "colorize"):
+        op = make_operator(task, 32)
+        y = degrade(op, truth, sigma_y, seed=7)
+        res = restore(prior, op, y, method=method, steps=20, sigma_y=sigma_y, seed=2)
+        ratio = res.consistency / math.sqrt(measurement_size(op, y)) / (2 * sigma_y)
+        assert float(ratio.min()) > 0.5 and float(ratio.max()) < 2.0, (task, ratio)
+        lam = [h["lambda"] for h in res.history]
+        assert lam[0] == 1.0 and lam[-1] == 0.0 and min(lam) >= 0          # DDNM+: exact early, none at the end
+        exact = restore(prior, op, y, method=method, steps=20, seed=2)      # ignoring the noise fits it
+        assert bool((exact.consistency < 0.2 * res.consistency).all()), task
+
+
+def test_sigma_y_out_of_range_is_refused(prior, truth):
+    op = make_operator("sr4", 32)
+    y = degrade(op, truth)
+    for bad in (-0.01, SIGMA_Y_MAX + 0.01, float("nan"), "0.1", True):
+        with pytest.raises(ValueError, match="sigma_y"):
+            restore(prior, op, y, steps=5, sigma_y=bad)
+        with pytest.raises(ValueError, match="sigma_y"):
+            degrade(op, truth, bad)
+        with pytest.raises(ValueError, match="sigma_y"):
+            Projected(None, op, y, sigma_y=bad)
+    restore(prior, op, y, steps=3, sigma_y=SIGMA_Y_MAX)                    # the end of the range is fine
+
+
+# ----------------------------------------------------------------------------------------------
+# IterProj: schedule, selection, corrections inside, equal NFE
+
+def test_iterproj_sigmas_and_cyclic_tail():
+    tail = cyclic_tail(25)
+    assert tail.shape == (25,) and float(tail[0]) == pytest.approx(0.02) and float(tail[10]) == pytest.approx(0.02)
+    assert float(tail.min()) >= 0.003 and float(tail.max()) <= 0.02 + 1e-12
+    for start in (0, 10, 20):
+        cyc = tail[start:start + 10]
+        assert bool((cyc[1:] < cyc[:-1]).all())                             # saw-tooth: decays within a cycle
+    assert float(tail[9]) == pytest.approx(0.003 * (0.02 / 0.003) ** 0.1)
+    s = iterproj_sigmas(16, 4, 100.0, 0.01)
+    assert s.shape == (21,) and float(s[0]) == pytest.approx(100.0) and float(s[-1]) == 0
+    assert bool((s[1:16] < s[:15]).all()) and float(s[15]) == pytest.approx(0.01, rel=1e-5)
+    assert float(s[16]) == pytest.approx(0.02) and float(s[16]) > float(s[15])   # the jump up: re-noising
+    assert default_tail_steps(100) == 20 and default_tail_steps(20) == 4 and default_tail_steps(3) == 0
+
+
+def test_ddim_renoises_correctly_on_the_upward_jumps():
+    """The samplers take any sigma array: a step to a larger sigma re-noises from x0 (DDIM form)."""
+    model = PixelGaussian(size=16, s=0.3)
+    sig = iterproj_sigmas(8, 12, 50.0, 0.01)
+    for rec in sample_steps(model, sampler="ddim", steps=len(sig) - 1, n=4, seed=0, sigmas=sig, eta=0.85,
+                            eta_style="ddnm"):
+        if rec.sigma_next > rec.sigma:
+            level = rms(rec.x_next - rec.x0) / rec.sigma_next
+            assert bool(((level > 0.8) & (level < 1.25)).all()), (rec.step, level)
+
+
+def test_iterproj_keeps_the_most_consistent_x0():
+    """Prior mass beyond the image range: clamped estimates are not exactly consistent, and the
+    consistency varies over the steps; IterProj returns, per image, the best step's x0."""
+    model = PixelGaussian(size=32, s=0.35, mu=0.75)
+    op = make_operator("sr4", 32)
+    y = degrade(op, model.draw(3, 9).clamp(-1, 1))
+    res = restore(model, op, y, method="iterproj", steps=20, seed=4)
+    per_step = torch.stack([r.extras["consistency"] for r in res.records])      # (steps, B)
+    assert float(per_step.std(0).min()) > 0                                      # the choice matters
+    assert bool((res.consistency <= per_step[-1] + 1e-6).all())
+    tol = 1e-3 * math.sqrt(measurement_size(op, y))
+    assert bool((res.consistency <= per_step.min(0).values + tol + 1e-6).all())
+    for i, k in enumerate(res.kept_step.tolist()):
+        assert float(res.consistency[i]) == pytest.approx(float(per_step[k, i]), rel=1e-4, abs=1e-6)
+    ddnm = restore(model, op, y, method="ddnm", steps=20, seed=4)
+    assert ddnm.kept_step.tolist() == [19, 19, 19]                                # ddnm: the last x0
+
+
+def test_equal_nfe_and_inner_corrections(prior, truth):
+    op = make_operator("inpaint", 32)
+    y = degrade(op, truth)
+    ddnm = restore(prior, op, y, method="ddnm", steps=20)
+    it = restore(prior, op, y, method="iterproj", steps=20)
+    assert ddnm.nfe_per_image == it.nfe_per_image == 20
+    assert it.settings["main_steps"] + it.settings["tail_steps"] == 20 and it.settings["tail_steps"] == 4
+    assert restore(prior, op, y, method="iterproj", steps=20, tail_steps=0).nfe_per_image == 20
+    # training-free corrections inside the loop
+    es = restore(prior, op, y, method="iterproj", steps=10, correction=EpsScaling(1.01))
+    assert es.settings["correction"] == "es" and float(es.consistency.max()) < 1e-3
+    # iterproj-nlc: a level correction is required (here an oracle told the scheduled level: r = 0)
+    with pytest.raises(ValueError, match="correction"):
+        restore(prior, op, y, method="iterproj-nlc", steps=10)
+    with pytest.raises(ValueError, match="LevelCorrection"):
+        restore(prior, op, y, method="iterproj-nlc", steps=10, correction=EpsScaling())
+    nlc = restore(prior, op, y, method="iterproj-nlc", steps=10, correction=OracleLevel(lambda x, s, i: s))
+    assert nlc.nfe_per_image == 10 and float(nlc.consistency.max()) < 1e-3
+    assert nlc.settings["correction"] == "oracle"
+
+
+def test_records_history_progress_and_validation(prior, truth):
+    op = make_operator("colorize", 32)
+    y = degrade(op, truth)
+    seen = []
+    res = restore(prior, op, y, method="iterproj", steps=8, progress=seen.append)
+    assert [r.step for r in seen] == list(range(8)) and all(r.x0 is not None for r in seen)
+    summary = step_summary(res.records[-1])
+    assert {"consistency", "consistency_before", "lambda"} <= set(summary)
+    assert res.records[0].x0 is None                                             # light records
+    assert set(res.history[0]) >= {"sigma", "sigma_used", "consistency", "consistency_before", "lambda"}
+    trace = res.trace()
+    assert len(trace["steps"]) == 8 and trace["settings"]["method"] == "iterproj"
+    # one measurement, several restorations; unbatched y
+    many = restore(prior, op, y[0], method="ddnm", steps=4, n=3)
+    assert many.images.shape == (3, 3, 32, 32) and not torch.equal(many.images[0], many.images[1])
+    with pytest.raises(ValueError, match="method"):
+        restore(prior, op, y, method="ddrm")
+    assert set(METHODS) == {"ddnm", "iterproj", "iterproj-nlc"}
+    with pytest.raises(ValueError, match="eta"):
+        restore(prior, op, y, steps=4, eta=1.5)
+    with pytest.raises(ValueError, match="tail_steps"):
+        restore(prior, op, y, steps=4, tail_steps=4)
+    with pytest.raises(ValueError, match="steps"):
+        restore(prior, op, y, steps=0)
+    with pytest.raises(ValueError, match="shape"):
+        restore(prior, make_operator("sr4", 32), y, steps=4)
