@@ -27,3 +27,58 @@ def grid(images: list[Image.Image], cols: int | None = None, scale: int = 1) -> 
     for i, im in enumerate(images):
         out.paste(im.convert("RGB"), ((i % cols) * w, (i // cols) * h))
     return out.resize((out.width * scale, out.height * scale), Image.NEAREST) if scale > 1 else out
+
+
+MAX_PIXELS = 40_000_000       # refuse decompression bombs before decoding (a 10000x10000 image is 100M)
+
+
+def prepare_image(source, size: int) -> tuple[torch.Tensor, str | None]:
+    """A user's image (path, PIL image or array) -> (1, 3, size, size) in [-1, 1], plus a note saying
+    what was done to it (None if nothing). EXIF rotation is applied, any mode (grayscale, palette,
+    RGBA on white, 16-bit) becomes RGB, and a non-square image is centre-cropped before resizing."""
+    from PIL import ImageOps, UnidentifiedImageError
+
+    if isinstance(source, np.ndarray):
+        arr = source
+        if arr.dtype != np.uint8:
+            hi = 65535.0 if arr.max() > 255 else (1.0 if arr.max() <= 1.0 else 255.0)
+            arr = (np.clip(arr / hi, 0, 1) * 255).round().astype(np.uint8)
+        img = Image.fromarray(arr)
+    elif isinstance(source, Image.Image):
+        img = source
+    else:
+        try:
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            img = Image.open(source)
+            img.load()
+        except FileNotFoundError:
+            raise ValueError(f"no image file at {source}") from None
+        except Image.DecompressionBombError:
+            raise ValueError(f"the image is too large (over {MAX_PIXELS:,} pixels)") from None
+        except (UnidentifiedImageError, OSError, SyntaxError):
+            raise ValueError("the file is not an image Pillow can read, or it is truncated") from None
+    if img.width * img.height > MAX_PIXELS:
+        raise ValueError(f"the image is too large ({img.width}x{img.height}; at most {MAX_PIXELS:,} pixels)")
+    if img.width < 2 or img.height < 2:
+        raise ValueError(f"the image is too small ({img.width}x{img.height})")
+    notes = []
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray((np.clip(arr / max(arr.max(), 1), 0, 1) * 255).astype(np.uint8))
+        notes.append("16-bit image scaled to 8 bits")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+        notes.append("transparency flattened on white")
+    img = img.convert("RGB")
+    w, h = img.size
+    if w != h:
+        s = min(w, h)
+        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        notes.append(f"centre-cropped from {w}x{h} to {s}x{s}")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC if img.width < size else Image.LANCZOS)
+        notes.append(f"resized to {size}x{size}, the model's resolution")
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(127.5).sub(1)
+    return x.unsqueeze(0), ("; ".join(notes) if notes else None)
