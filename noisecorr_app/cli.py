@@ -20,6 +20,24 @@ def _train_denoiser(a):
                    split=a.split or None, threads=a.threads)
 
 
+def _train_classifier(a):
+    from pathlib import Path
+
+    from .training.classifier import train_classifier
+
+    try:
+        widths = tuple(int(w) for w in a.widths.split(","))
+    except ValueError:
+        raise UserError(f"--widths takes 4 comma-separated channel counts, got '{a.widths}'") from None
+    if not Path(a.data).exists():
+        raise UserError(f"no data at {a.data}: pass --data with an image folder or tarball "
+                        "(class folders under train/ and test/, like CIFAR-10-images)")
+    train_classifier(a.data, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+                     warmup=a.warmup, widths=widths, max_minutes=a.minutes, precision=a.precision,
+                     checkpoint_minutes=a.checkpoint_minutes, split=a.split or None, test_split=a.test_split or None,
+                     threads=a.threads)
+
+
 def _load(a):
     from .models.loading import ModelLoadError, load_model
 
@@ -119,6 +137,151 @@ def _evaluate_speed(a):
               f"{r['overhead_pct']:8.2f}%")
 
 
+def _load_classifier(folder, device):
+    from .extras.classifier import load_classifier
+
+    try:
+        return load_classifier(folder, device=device or "cpu")
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"FID-C10 needs the CIFAR-10 classifier: {e}") from None
+
+
+def _class_map(names_from: list[str] | None, names_to: list[str] | None, n_from: int, n_to: int):
+    """Index in one class list -> index in another, by (lower-case) name; by index when names are missing."""
+    import numpy as np
+
+    if names_from and names_to:
+        low = [n.lower() for n in names_to]
+        if all(n.lower() in low for n in names_from):
+            return np.array([low.index(n.lower()) for n in names_from])
+        return None
+    return np.arange(n_from) if n_from <= n_to else None
+
+
+def _class_name(model, label_list):
+    if label_list is None:
+        return None
+    names = model.class_names or []
+    return names[label_list[0]] if label_list[0] < len(names) else label_list[0]
+
+
+def _evaluate_fid(a):
+    import json
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from .evaluation.metrics import METRIC_NOTE, extract_features, fid, kid, predict_from_features, reference_features
+    from .images import to_uint8
+    from .training.data import load_images
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.n is not None and not 2 <= a.n <= 50_000:
+        raise UserError("--n must be between 2 and 50000")
+    data = Path(a.data)
+    if not data.exists():
+        raise UserError(f"no CIFAR-10 data at {data}: pass --data with the CIFAR-10 folder or tarball "
+                        "(class folders under train/ and test/)")
+    if a.floor and (a.class_ is not None or a.per_class):
+        raise UserError("--floor compares the test split with the train split: it takes no --class/--per-class")
+    if a.per_class and a.class_ is not None:
+        raise UserError("give either --class or --per-class")
+    t0 = time.time()
+    clf = _load_classifier(a.classifier, a.device)
+    model, label_list = None, None
+    if not a.floor:      # resolve the model and its labels before any long computation
+        model = _load(a)
+        n = a.n or 1000
+        if a.per_class:
+            if not getattr(model, "num_classes", None):
+                raise UserError(f"{model.name} is unconditional: --per-class needs a class-conditional model")
+            if n < model.num_classes:
+                raise UserError(f"--per-class needs --n of at least {model.num_classes}")
+            label_list = [i % model.num_classes for i in range(n)]
+        else:
+            label = _class_index(model, a.class_)
+            label_list = None if label is None else [label] * n
+    ref = reference_features(clf, data, split="train", batch_size=a.feature_batch_size)
+    doc = {"metric": "FID-C10", "note": METRIC_NOTE,
+           "classifier": {"folder": str(a.classifier), "sha1": clf.fingerprint,
+                          "test_accuracy": clf.info.get("test_accuracy")}}
+    ref_label = None
+    if a.floor:
+        test = load_images(data, split="test", size=32)
+        n = min(a.n or len(test), len(test))
+        idx = np.sort(np.random.default_rng(a.seed).choice(len(test), n, replace=False)) if n < len(test) else np.arange(n)
+        feats = extract_features(clf, test.images[idx], a.feature_batch_size, desc="features (test split)")
+        remap = _class_map(test.class_names, clf.class_names, len(test.class_names), clf.num_classes)
+        labels = None if remap is None else remap[test.labels[idx]]
+        doc["samples"] = {"kind": "floor: CIFAR-10 test images", "n": int(n), "seed": a.seed}
+    else:
+        from .sampling.run import sample
+
+        images = []
+        with tqdm(total=n * a.steps, desc=f"sampling {a.sampler} {a.steps} steps", unit="step") as bar:
+            for start in range(0, n, a.batch_size):
+                k = min(a.batch_size, n - start)
+                try:
+                    res = sample(model, sampler=a.sampler, steps=a.steps, seeds=[a.seed + start + i for i in range(k)],
+                                 n=k, labels=None if label_list is None else label_list[start:start + k],
+                                 schedule=a.schedule, correction=make_correction(a, a.steps), cfg_scale=a.cfg_scale,
+                                 nag_scale=a.nag_scale, progress=lambda r: bar.update(k),
+                                 **({"eta": a.eta} if a.sampler == "ddim" else {}))
+                except ValueError as e:
+                    raise UserError(str(e)) from None
+                images.append(to_uint8(res.images))   # 8 bits, as the reference images are
+        feats = extract_features(clf, np.concatenate(images), a.feature_batch_size, desc="features (samples)")
+        labels = None
+        if label_list is not None:
+            nc = model.num_classes
+            to_clf = _class_map(model.class_names, clf.class_names, nc, clf.num_classes)
+            to_ref = _class_map(model.class_names, ref.class_names, nc, len(ref.class_names))
+            if to_clf is not None:
+                labels = to_clf[np.array(label_list)]
+            if not a.per_class:
+                if to_ref is None:
+                    raise UserError(f"cannot match {model.name}'s classes with the reference data's classes")
+                ref_label = int(to_ref[label_list[0]])
+        doc["samples"] = {"kind": "model samples", "model": model.name, "n": n, "seed": a.seed, "sampler": a.sampler,
+                          "steps": a.steps, "schedule": a.schedule, "eta": a.eta if a.sampler == "ddim" else None,
+                          "correction": a.correction, "es_lambda": a.es_lambda if a.correction == "es" else None,
+                          "cfg_scale": a.cfg_scale, "nag_scale": a.nag_scale,
+                          "class": "per-class" if a.per_class else _class_name(model, label_list)}
+    ref_feats = ref.features if ref_label is None else ref.features[ref.labels == ref_label]
+    doc["reference"] = {"data": str(data), "split": "train", "n": int(len(ref_feats)),
+                        "class": None if ref_label is None else ref.class_names[ref_label]}
+    doc["fid_c10"] = fid(feats, ref.stats(ref_label))
+    doc["kid_c10_mean"], doc["kid_c10_std"] = kid(feats, ref_feats, subsets=a.kid_subsets,
+                                                  subset_size=a.kid_subset_size, seed=a.seed)
+    doc["kid_c10_subsets"], doc["kid_c10_subset_size"] = a.kid_subsets, min(a.kid_subset_size, n, len(ref_feats))
+    if labels is not None:
+        doc["accuracy"] = float((predict_from_features(clf, feats) == labels).mean())
+    doc["seconds"] = round(time.time() - t0, 1)
+
+    s = doc["samples"]
+    what = (f"{s['n']} CIFAR-10 test images" if a.floor else
+            f"{s['n']} samples of {s['model']} ({a.sampler}, {a.steps} steps, seed {a.seed}"
+            + (f", class {s['class']}" if s["class"] is not None else "") + ")")
+    r = doc["reference"]
+    print(f"FID-C10 / KID-C10 ({METRIC_NOTE})")
+    print(f"  {what} vs the train split" + (f" of class {r['class']}" if r["class"] else "") + f" ({r['n']} images)")
+    print(f"  FID-C10  {doc['fid_c10']:.4f}")
+    print(f"  KID-C10  {doc['kid_c10_mean']:.6f} ± {doc['kid_c10_std']:.6f}")
+    if "accuracy" in doc:
+        print(f"  accuracy {doc['accuracy']:.4f} (fraction the classifier assigns to their class)")
+    if n < clf.feature_dim:
+        print(f"  note: FID with fewer images ({n}) than feature dimensions ({clf.feature_dim}) is strongly biased")
+    print("  FID depends on the number of images: compare only runs with equal --n")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(doc, indent=2))
+        print(f"wrote {a.json}")
+
+
 def _model_args(p):
     p.add_argument("--model", default=None, help="Hub repo id or local folder (default: the embedded model in weights/)")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) to pin")
@@ -164,6 +327,35 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--threads", type=int, default=None)
     es.set_defaults(func=_evaluate_speed)
 
+    from .extras.classifier import DEFAULT_CLASSIFIER
+
+    ef = esub.add_parser("fid", help="FID-C10 and KID-C10 of samples (our CIFAR-10 classifier's features; "
+                                     "not comparable with Inception FID)")
+    _model_args(ef)
+    ef.add_argument("--n", type=int, default=None, help="images (default 1000 samples; all 10000 test images with --floor)")
+    ef.add_argument("--class", dest="class_", default=None, help="class index or name (reference: that class's "
+                                                                 "train images); 'any' for unconditional")
+    ef.add_argument("--per-class", action="store_true", help="n/10 samples of each class, labels 0..9")
+    ef.add_argument("--floor", action="store_true", help="score CIFAR-10 test images instead of samples (the floor)")
+    ef.add_argument("--sampler", choices=list(SAMPLERS), default="ddim")
+    ef.add_argument("--steps", type=int, default=50)
+    ef.add_argument("--schedule", choices=list(SCHEDULES), default="model")
+    ef.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
+    ef.add_argument("--correction", choices=["none", "es"], default="none", help="es = epsilon scaling")
+    ef.add_argument("--es-lambda", type=float, default=1.005)
+    ef.add_argument("--cfg-scale", type=float, default=1.0)
+    ef.add_argument("--nag-scale", type=float, default=0.0)
+    ef.add_argument("--seed", type=int, default=0, help="image i uses seed + i (--floor: the test subset's seed)")
+    ef.add_argument("--batch-size", type=int, default=50, help="sampling batch size")
+    ef.add_argument("--feature-batch-size", type=int, default=500)
+    ef.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER), help="classifier folder (train classifier --out)")
+    ef.add_argument("--data", default=str(default_cifar10()), help="CIFAR-10 folder or tarball (train/ and test/)")
+    ef.add_argument("--kid-subsets", type=int, default=100)
+    ef.add_argument("--kid-subset-size", type=int, default=1000)
+    ef.add_argument("--threads", type=int, default=None)
+    ef.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ef.set_defaults(func=_evaluate_fid)
+
     train = sub.add_parser("train", help="train the default denoiser or an extra network")
     tsub = train.add_subparsers(dest="what", required=True, metavar="WHAT")
     d = tsub.add_parser("denoiser", help="train a class-conditional UNet2DModel with class and noise-condition dropout")
@@ -182,6 +374,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--checkpoint-minutes", type=float, default=10.0)
     d.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     d.set_defaults(func=_train_denoiser)
+
+    c = tsub.add_parser("classifier", help="train the CIFAR-10 classifier behind FID-C10 (resumable)")
+    c.add_argument("--data", default=str(default_cifar10()), help="image folder or tarball (class = parent folder name)")
+    c.add_argument("--split", default="train", help="training images: those under a folder of this name")
+    c.add_argument("--test-split", default="test", help="split scored at each checkpoint ('' for none)")
+    c.add_argument("--out", required=True, help="classifier folder to write (resumes if it holds a checkpoint)")
+    c.add_argument("--steps", type=int, default=7800, help="total steps (the cosine lr reaches 0 here); 390 = 1 epoch at 128")
+    c.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    c.add_argument("--batch-size", type=int, default=128)
+    c.add_argument("--lr", type=float, default=2e-3, help="AdamW peak lr (warm-up, then cosine to 0)")
+    c.add_argument("--weight-decay", type=float, default=5e-2)
+    c.add_argument("--warmup", type=int, default=300)
+    c.add_argument("--widths", default="32,64,128,256", help="channels of the 4 stages (ResNet-9 style)")
+    c.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    c.add_argument("--checkpoint-minutes", type=float, default=15.0, help="also scores the test split each time")
+    c.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    c.set_defaults(func=_train_classifier)
     return p
 
 

@@ -1,7 +1,7 @@
 """One training loop shared by every ``train`` command (denoiser, NLC, estimator, classifier).
 
 A command supplies a model, a ``loss(model, batch) -> tensor`` and an endless batch iterator;
-the loop owns everything else: AdamW with warm-up, EMA, precision, checkpoints that resume,
+the loop owns everything else: AdamW with warm-up (and optional cosine decay), EMA, precision, checkpoints that resume,
 a CSV loss log and tqdm progress.
 
 Checkpoints live in ``<out>/training/``: ``params.safetensors`` (the raw weights),
@@ -31,6 +31,7 @@ class TrainConfig:
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup: int = 200              # linear lr warm-up, also applied after a resume without optimizer
+    schedule: str = "constant"     # constant | cosine: warm-up times (1 + cos(pi * step / steps)) / 2
     ema_decay: float = 0.9999      # ceiling; the effective decay ramps up as (1+k)/(10+k)
     grad_clip: float = 1.0
     precision: str = "auto"        # auto | fp32 | bf16
@@ -85,6 +86,8 @@ class Trainer:
         self.dir = Path(out) / "training"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.save_dtype, self.on_checkpoint, self.ema_fallback = save_dtype, on_checkpoint, ema_fallback
+        if cfg.schedule not in ("constant", "cosine"):
+            raise ValueError(f"unknown lr schedule '{cfg.schedule}' (constant or cosine)")
         self.amp = resolve_precision(cfg.precision, self.device)
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step, self.seconds, self.warm_from = 0, 0.0, 0
@@ -141,7 +144,10 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
         k = step - self.warm_from
-        return self.cfg.lr * min(1.0, (k + 1) / max(1, self.cfg.warmup))
+        lr = self.cfg.lr * min(1.0, (k + 1) / max(1, self.cfg.warmup))
+        if self.cfg.schedule == "cosine":   # decays to 0 at cfg.steps; a resume with other --steps reshapes it
+            lr *= 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / max(1, self.cfg.steps))))
+        return lr
 
     def run(self, batches: Iterator, max_minutes: float | None = None) -> Iterator[tuple[int, float]]:
         """Train until cfg.steps (or max_minutes); yields (step, loss). Checkpoints on the way and at the end."""
