@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .training.data import default_cifar10
 
@@ -64,14 +65,31 @@ def _class_index(model, value: str | None):
     raise UserError(f"unknown class '{value}': choose from {listed}, or 'any'")
 
 
-def make_correction(a, steps: int):
-    from .sampling.corrections import EpsScaling, Correction
+def _method(a, model) -> dict:
+    """sample() keyword arguments for --method and its settings (correction, guidance, estimator)."""
+    from .methods import load_estimator_for, setup
 
-    if a.correction == "none":
-        return Correction()
-    if a.correction == "es":
-        return EpsScaling(a.es_lambda)
-    raise UserError(f"unknown correction '{a.correction}'")
+    try:
+        ms = setup(a.method, model, nag_scale=a.nag_scale, nag_est_scale=a.nag_est_scale, es_lambda=a.es_lambda,
+                   nlc_mode=a.nlc_mode)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    kw = {"correction": ms.correction, "cfg_scale": a.cfg_scale, **ms.options}
+    kw.setdefault("estimator", load_estimator_for(model))     # sigma_est in traces when an estimator exists
+    return kw
+
+
+def _method_args(p):
+    from .methods import METHODS
+
+    p.add_argument("--method", choices=list(METHODS), default="none",
+                   help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
+    p.add_argument("--nag-scale", type=float, default=None, help="NAG weight (default 3)")
+    p.add_argument("--nag-est-scale", type=float, default=None, help="estimator-based NAG weight (default 10)")
+    p.add_argument("--es-lambda", type=float, default=None, help="epsilon-scaling factor (default 1.005)")
+    p.add_argument("--nlc-mode", choices=["reuse", "official"], default="reuse",
+                   help="reuse: 1 network call per step; official: re-evaluate at the corrected level")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
 
 
 def _sample(a):
@@ -87,6 +105,7 @@ def _sample(a):
         raise UserError("--n must be between 1 and 10000")
     model = _load(a)
     label = _class_index(model, a.class_)
+    method_kw = _method(a, model)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     traces = []
@@ -97,8 +116,7 @@ def _sample(a):
             try:
                 res = sample(model, sampler=a.sampler, steps=a.steps, seeds=seeds, n=k,
                              labels=None if label is None else [label] * k, schedule=a.schedule,
-                             correction=make_correction(a, a.steps), cfg_scale=a.cfg_scale,
-                             nag_scale=a.nag_scale, progress=lambda r: bar.update(k),
+                             progress=lambda r: bar.update(k), **method_kw,
                              **({"eta": a.eta} if a.sampler == "ddim" else {}))
             except ValueError as e:
                 raise UserError(str(e)) from None
@@ -109,13 +127,15 @@ def _sample(a):
         steps = traces[0]["steps"]
         for t in traces[1:]:     # merge batches: per-image lists concatenate, means re-average
             for d, e in zip(steps, t["steps"]):
-                d["sigma_used_per_image"] += e["sigma_used_per_image"]
-                d["eps_norm_per_image"] += e["eps_norm_per_image"]
+                for key in [k for k in d if k.endswith("_per_image")]:
+                    d[key] += e[key]
         for d in steps:
-            d["sigma_used"] = sum(d["sigma_used_per_image"]) / len(d["sigma_used_per_image"])
-            d["eps_norm"] = sum(d["eps_norm_per_image"]) / len(d["eps_norm_per_image"])
-        doc = {"model": model.name, "settings": {**traces[0]["settings"], "n": a.n, "seed": a.seed, "class": label},
-               "nfe_per_image": traces[0]["nfe_per_image"],
+            for key in [k for k in d if k.endswith("_per_image")]:
+                d[key[: -len("_per_image")]] = sum(d[key]) / len(d[key])
+        shifts = [t["noise_shift"] for t in traces if t["noise_shift"] is not None]
+        doc = {"model": model.name, "settings": {**traces[0]["settings"], "n": a.n, "seed": a.seed, "class": label,
+                                                 "method": a.method},
+               "nfe_per_image": traces[0]["nfe_per_image"], "noise_shift": sum(shifts) / len(shifts) if shifts else None,
                "seconds_per_image": sum(t["seconds"] for t in traces) / a.n, "steps": steps}
         Path(a.trace).parent.mkdir(parents=True, exist_ok=True)
         Path(a.trace).write_text(json.dumps(doc, indent=1))
@@ -221,6 +241,8 @@ def _evaluate_fid(a):
     else:
         from .sampling.run import sample
 
+        method_kw = _method(a, model)
+        method_kw.pop("estimator") if a.method != "nag-est" else None    # no traces needed here
         images = []
         with tqdm(total=n * a.steps, desc=f"sampling {a.sampler} {a.steps} steps", unit="step") as bar:
             for start in range(0, n, a.batch_size):
@@ -228,8 +250,7 @@ def _evaluate_fid(a):
                 try:
                     res = sample(model, sampler=a.sampler, steps=a.steps, seeds=[a.seed + start + i for i in range(k)],
                                  n=k, labels=None if label_list is None else label_list[start:start + k],
-                                 schedule=a.schedule, correction=make_correction(a, a.steps), cfg_scale=a.cfg_scale,
-                                 nag_scale=a.nag_scale, progress=lambda r: bar.update(k),
+                                 schedule=a.schedule, progress=lambda r: bar.update(k), **method_kw,
                                  **({"eta": a.eta} if a.sampler == "ddim" else {}))
                 except ValueError as e:
                     raise UserError(str(e)) from None
@@ -248,8 +269,7 @@ def _evaluate_fid(a):
                 ref_label = int(to_ref[label_list[0]])
         doc["samples"] = {"kind": "model samples", "model": model.name, "n": n, "seed": a.seed, "sampler": a.sampler,
                           "steps": a.steps, "schedule": a.schedule, "eta": a.eta if a.sampler == "ddim" else None,
-                          "correction": a.correction, "es_lambda": a.es_lambda if a.correction == "es" else None,
-                          "cfg_scale": a.cfg_scale, "nag_scale": a.nag_scale,
+                          "method": a.method, "cfg_scale": a.cfg_scale,
                           "class": "per-class" if a.per_class else _class_name(model, label_list)}
     ref_feats = ref.features if ref_label is None else ref.features[ref.labels == ref_label]
     doc["reference"] = {"data": str(data), "split": "train", "n": int(len(ref_feats)),
@@ -282,6 +302,119 @@ def _evaluate_fid(a):
         print(f"wrote {a.json}")
 
 
+def _train_estimator(a):
+    from .training.extras import train_estimator
+
+    train_estimator(a.data, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_minutes=a.minutes,
+                    threads=a.threads)
+
+
+def _train_nlc(a):
+    from .models.loading import ModelLoadError
+    from .training.extras import train_nlc
+
+    try:
+        train_nlc(a.model, a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                  max_minutes=a.minutes, threads=a.threads)
+    except ModelLoadError as e:
+        raise UserError(str(e)) from None
+
+
+def _build_lut(a):
+    from tqdm import tqdm
+
+    from .extras.nlc import load_level_net
+    from .extras.nlc_table import build_table
+
+    model = _load(a)
+    nlc_dir = Path(a.nlc or Path(model.info["folder"]) / "nlc")
+    try:
+        net = load_level_net(nlc_dir, device=model.device)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    samplers, steps = a.samplers.split(","), [int(s) for s in a.steps.split(",")]
+    labels = list(range(model.num_classes)) if model.num_classes else None
+    with tqdm(total=len(samplers) * sum(steps) * a.n, desc="recording r on baseline runs", unit="img-step") as bar:
+        table = build_table(model, net, samplers=samplers, steps=steps, n=a.n, seed=a.seed, labels=labels,
+                            progress=bar.update)
+    out = Path(a.out or nlc_dir / "lut")
+    table.save(out, {"model": model.name, "nlc": str(nlc_dir), "n": a.n, "seed": a.seed})
+    print(f"wrote the NLC lookup table to {out}")
+
+
+def _restore(a):
+    import numpy as np
+    from PIL import Image
+
+    from .images import prepare_image, to_pil
+    from .restoration.methods import degrade, restore
+    from .restoration.operators import make_operator
+
+
+    model = _load(a)
+    size = model.sample_shape[-1]
+    x, note = prepare_image(a.input, size)
+    if note:
+        print(note)
+    settings = {}
+    if a.task == "inpaint":
+        settings["mask"] = np.asarray(Image.open(a.mask)) if a.mask else a.mask_kind
+    if a.task == "deblur":
+        settings["sigma"] = a.blur_sigma
+    if a.task == "cs":
+        settings["ratio"] = a.cs_ratio
+    op = make_operator(a.task, size, **settings)
+    y = degrade(op, x.to(model.device), a.sigma_y, seed=a.seed)
+    correction = _restore_correction(a, model)
+    res = restore(model, op, y, method=a.method, steps=a.steps, seed=a.seed, sigma_y=a.sigma_y, correction=correction)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(a.input).stem
+    to_pil(op.view(y))[0].save(out / f"{stem}_{a.task}_measured.png")
+    to_pil(res.images)[0].save(out / f"{stem}_{a.task}_{a.method}.png")
+    to_pil(x)[0].save(out / f"{stem}_reference.png")
+    from .evaluation.metrics import psnr, ssim
+
+    ref = x.to(res.images.device)
+    try:
+        ssim_text = f"{float(ssim(res.images, ref)):.4f}"
+    except ValueError:                    # images smaller than SSIM's 11x11 window
+        ssim_text = "n/a"
+    print(f"{a.method}: PSNR {float(psnr(res.images, ref)):.2f} dB, SSIM {ssim_text}, "
+          f"consistency {float(res.consistency.mean()):.2e}, {res.nfe_per_image:g} NFE; images in {out}")
+
+
+def _restore_correction(a, model):
+    """The correction inside the restoration loop: NLC for iterproj-nlc, else --method's."""
+    from .methods import setup
+
+    method = "nlc" if a.method == "iterproj-nlc" else a.correction
+    try:
+        return setup(method, model).correction
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+
+
+def _evaluate_estimator(a):
+    import json
+
+    from .evaluation.estimator import error_per_decade
+    from .extras.estimator import load_estimator
+    from .training.data import load_images, to_tensor
+
+    try:
+        est = load_estimator(a.estimator)
+        ds = load_images(a.data, split="test")
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    rows = error_per_decade(est, to_tensor(ds.images[: a.images]), per_decade=a.n)
+    print(f"{'sigma':>12} {'bias (log)':>11} {'mean |log err|':>15} {'within 10%':>11}")
+    for r in rows:
+        print(f"{r['decade']:>12} {r['bias_log']:11.4f} {r['mean_abs_log_error']:15.4f} {r['within_10pct']:11.3f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"estimator": a.estimator, "rows": rows}, indent=1))
+
+
 def _model_args(p):
     p.add_argument("--model", default=None, help="Hub repo id or local folder (default: the embedded model in weights/)")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) to pin")
@@ -308,10 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n", type=int, default=4, help="number of images")
     sp.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     sp.add_argument("--class", dest="class_", default=None, help="class index or name; 'any' for unconditional")
-    sp.add_argument("--correction", choices=["none", "es"], default="none", help="es = epsilon scaling")
-    sp.add_argument("--es-lambda", type=float, default=1.005, help="epsilon-scaling factor")
-    sp.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-    sp.add_argument("--nag-scale", type=float, default=0.0, help="classifier-free NAG weight (0 = off)")
+    _method_args(sp)
     sp.add_argument("--batch-size", type=int, default=16)
     sp.add_argument("--out", required=True, help="folder for the PNG images")
     sp.add_argument("--trace", default=None, help="write per-step records (sigma, eps norm, NFE) to this JSON file")
@@ -341,10 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     ef.add_argument("--steps", type=int, default=50)
     ef.add_argument("--schedule", choices=list(SCHEDULES), default="model")
     ef.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
-    ef.add_argument("--correction", choices=["none", "es"], default="none", help="es = epsilon scaling")
-    ef.add_argument("--es-lambda", type=float, default=1.005)
-    ef.add_argument("--cfg-scale", type=float, default=1.0)
-    ef.add_argument("--nag-scale", type=float, default=0.0)
+    _method_args(ef)
     ef.add_argument("--seed", type=int, default=0, help="image i uses seed + i (--floor: the test subset's seed)")
     ef.add_argument("--batch-size", type=int, default=50, help="sampling batch size")
     ef.add_argument("--feature-batch-size", type=int, default=500)
@@ -391,7 +518,70 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint-minutes", type=float, default=15.0, help="also scores the test split each time")
     c.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     c.set_defaults(func=_train_classifier)
+    _add_extra_commands(sub, tsub, esub)
     return p
+
+
+def _add_extra_commands(sub, tsub, esub):
+    from .restoration.methods import METHODS as RESTORE_METHODS
+    from .restoration.operators import TASKS
+    from .sampling.samplers import SAMPLERS
+
+    e = tsub.add_parser("estimator", help="train the noise-level estimator g_phi on forward-noised images")
+    e.add_argument("--data", default=str(default_cifar10()))
+    e.add_argument("--out", default="weights/cifar10-noise-estimator")
+    e.add_argument("--steps", type=int, default=20_000)
+    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--lr", type=float, default=1e-3)
+    e.add_argument("--minutes", type=float, default=None)
+    e.add_argument("--threads", type=int, default=None)
+    e.set_defaults(func=_train_estimator)
+
+    n = tsub.add_parser("nlc", help="train NLC's r_theta on a frozen denoiser's bottleneck features")
+    n.add_argument("--model", default=None, help="Hub id or folder (default: the embedded model)")
+    n.add_argument("--data", default=str(default_cifar10()))
+    n.add_argument("--out", default=None, help="default: <model folder>/nlc")
+    n.add_argument("--steps", type=int, default=20_000)
+    n.add_argument("--batch-size", type=int, default=64)
+    n.add_argument("--lr", type=float, default=3e-4)
+    n.add_argument("--minutes", type=float, default=None)
+    n.add_argument("--threads", type=int, default=None)
+    n.set_defaults(func=_train_nlc)
+
+    b = sub.add_parser("build-lut", help="record NLC's average correction on baseline runs as a lookup table")
+    _model_args(b)
+    b.add_argument("--nlc", default=None, help="NLC folder (default: <model folder>/nlc)")
+    b.add_argument("--samplers", default=",".join(SAMPLERS))
+    b.add_argument("--steps", default="10,20,50", help="step counts to record (comma-separated)")
+    b.add_argument("--n", type=int, default=256, help="images per sampler and step count")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", default=None, help="default: <nlc folder>/lut")
+    b.set_defaults(func=_build_lut)
+
+    r = sub.add_parser("restore", help="restore one image: super-resolution, inpainting, deblur, colorize, CS")
+    _model_args(r)
+    r.add_argument("--task", choices=list(TASKS), required=True, help="; ".join(f"{k}: {v}" for k, v in TASKS.items()))
+    r.add_argument("--input", required=True, help="the clean image (it is degraded, then restored)")
+    r.add_argument("--method", choices=list(RESTORE_METHODS), default="iterproj")
+    r.add_argument("--correction", choices=["none", "es", "ts", "self"], default="none",
+                   help="training-free correction inside iterproj")
+    r.add_argument("--sigma-y", type=float, default=0.0, help="measurement noise in [0, 0.2] (0..1 pixel units)")
+    r.add_argument("--mask", default=None, help="inpainting: mask image (drawn pixels = missing)")
+    r.add_argument("--mask-kind", default="box", choices=["box", "random", "half"])
+    r.add_argument("--blur-sigma", type=float, default=3.0)
+    r.add_argument("--cs-ratio", type=float, default=0.25)
+    r.add_argument("--steps", type=int, default=100)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", required=True)
+    r.set_defaults(func=_restore)
+
+    ee = esub.add_parser("estimator", help="the noise-level estimator's error per decade of sigma (held-out images)")
+    ee.add_argument("--estimator", default="weights/cifar10-noise-estimator")
+    ee.add_argument("--data", default=str(default_cifar10()))
+    ee.add_argument("--images", type=int, default=2000, help="test images to draw from")
+    ee.add_argument("--n", type=int, default=512, help="noised images per decade")
+    ee.add_argument("--json", default=None)
+    ee.set_defaults(func=_evaluate_estimator)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,7 @@
 """Loading from folders and the (offline) Hub cache; every failure is one clear message."""
 import json
+
+import numpy as np
 import shutil
 
 import pytest
@@ -151,3 +153,32 @@ def test_cli_errors_are_one_line(tmp_path, tiny_model_dir, capsys):
                  "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("error:") == 3
+
+
+def test_cli_methods_and_restore(tmp_path, tiny_model_dir):
+    from PIL import Image
+
+    from noisecorr_app.extras.nlc import LevelNet, save_level_net
+    from noisecorr_app.models.loading import load_model
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    model = load_model(folder, device="cpu")
+    f = model.features(torch.zeros(1, 3, 8, 8), torch.tensor([1.0]))
+    save_level_net(LevelNet(f.shape[1], f.shape[-1]), folder / "nlc", {})
+    for method in ["nlc", "es", "ts", "self"]:
+        out = tmp_path / method
+        assert main(["sample", "--model", str(folder), "--steps", "3", "--n", "2", "--method", method,
+                     "--out", str(out), "--trace", str(out / "t.json"), "--device", "cpu"]) == 0
+        assert json.loads((out / "t.json").read_text())["settings"]["method"] == method
+    # methods the model has no weights or training for are refused with a message
+    assert main(["sample", "--model", str(folder), "--method", "nag", "--out", str(tmp_path / "x"), "--device", "cpu"]) == 2
+    assert main(["sample", "--model", str(folder), "--method", "nlc-lut", "--out", str(tmp_path / "x"), "--device", "cpu"]) == 2
+    # restore: degrade an image, restore it, write measured / restored / reference PNGs
+    img = tmp_path / "in.png"
+    Image.fromarray((np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8)).save(img)
+    rc = main(["restore", "--model", str(folder), "--task", "sr2", "--input", str(img), "--method", "ddnm",
+               "--steps", "4", "--out", str(tmp_path / "r"), "--device", "cpu"])
+    assert rc == 0 and len(list((tmp_path / "r").glob("*.png"))) == 3
+    assert main(["restore", "--model", str(folder), "--task", "inpaint", "--input", str(tmp_path / "none.png"),
+                 "--out", str(tmp_path / "r2"), "--device", "cpu"]) == 2

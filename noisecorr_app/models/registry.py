@@ -17,3 +17,22 @@ HUB_PRESETS = [
 
 def default_model_path() -> Path:
     return DEFAULT_MODEL
+
+CIFAR_ESTIMATOR = WEIGHTS / "cifar10-noise-estimator"
+
+
+def extras_for(model) -> dict[str, Path]:
+    """The trained extras a model has: its NLC network and lookup table (in its own folder) and a
+    noise-level estimator (its own, else the CIFAR-10 one for 32x32 RGB models, whose data it
+    matches). Training-free corrections need nothing and are always available."""
+    folder = Path(model.info.get("folder", "")) if getattr(model, "info", None) else None
+    found = {}
+    if folder and (folder / "nlc" / "model.safetensors").exists():
+        found["nlc"] = folder / "nlc"
+        if (folder / "nlc" / "lut" / "table.safetensors").exists():
+            found["nlc-lut"] = folder / "nlc" / "lut"
+    if folder and (folder / "estimator" / "model.safetensors").exists():
+        found["estimator"] = folder / "estimator"
+    elif tuple(getattr(model, "sample_shape", ())) == (3, 32, 32) and (CIFAR_ESTIMATOR / "model.safetensors").exists():
+        found["estimator"] = CIFAR_ESTIMATOR
+    return found

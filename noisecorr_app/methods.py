@@ -1,0 +1,88 @@
+"""Method names -> correction objects and sampling options, for the CLI, the app and the benchmark.
+
+One table: ``none`` (baseline), ``nlc`` (r_theta), ``nlc-lut`` (its lookup table), ``nag``
+(classifier-free, needs noise-condition dropout), ``nag-est`` (estimator-based), ``es`` (epsilon
+scaling), ``ts`` (time shift), ``self`` (the eps-norm self-estimate). Trained ones need their
+weights (``models.registry.extras_for``); the others work for every model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .models.registry import extras_for
+from .sampling.corrections import NLC, Correction, EpsScaling, NLCTable, SelfEstimate, TimeShift
+
+METHODS = {
+    "none": "baseline sampler",
+    "nlc": "Noise Level Correction (trained r_theta)",
+    "nlc-lut": "NLC lookup table (no network at sampling time)",
+    "nag": "Noise Awareness Guidance, classifier-free (model trained with noise-condition dropout)",
+    "nag-est": "Noise Awareness Guidance with the noise-level estimator",
+    "es": "epsilon scaling (training-free)",
+    "ts": "time-shift sampler (training-free)",
+    "self": "self-estimated level ||eps||/sqrt(n) (training-free)",
+}
+DEFAULTS = {"nag_scale": 3.0, "nag_est_scale": 10.0, "es_lambda": 1.005, "ts_window": 20, "ts_cutoff": 300}
+
+
+@dataclass
+class MethodSetup:
+    correction: Correction
+    options: dict = field(default_factory=dict)     # extra keyword arguments for sample()
+
+
+def available(model) -> dict[str, bool]:
+    ex = extras_for(model)
+    return {"none": True, "nlc": "nlc" in ex, "nlc-lut": "nlc-lut" in ex,
+            "nag": bool(getattr(model, "supports_null_noise", False)), "nag-est": "estimator" in ex,
+            "es": True, "ts": hasattr(model, "alphas_cumprod"), "self": True}
+
+
+_cache: dict = {}
+
+
+def _cached(kind, path, loader):
+    key = (kind, str(path))
+    if key not in _cache:
+        _cache[key] = loader(path)
+    return _cache[key]
+
+
+def load_estimator_for(model):
+    from .extras.estimator import load_estimator
+
+    path = extras_for(model).get("estimator")
+    return None if path is None else _cached("estimator", path, lambda p: load_estimator(p, device=model.device))
+
+
+def setup(method: str, model, **params) -> MethodSetup:
+    """The correction and sample() options for a method; ValueError if the model lacks what it needs."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    if not available(model)[method]:
+        raise ValueError(f"{model.name if hasattr(model, 'name') else 'this model'} has no trained weights "
+                         f"for '{method}' ({METHODS[method]})")
+    p = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    ex = extras_for(model)
+    if method == "none":
+        return MethodSetup(Correction())
+    if method == "es":
+        return MethodSetup(EpsScaling(p["es_lambda"]))
+    if method == "ts":
+        return MethodSetup(TimeShift(p["ts_window"], p["ts_cutoff"]))
+    if method == "self":
+        return MethodSetup(SelfEstimate())
+    if method == "nlc":
+        from .extras.nlc import load_level_net
+
+        net = _cached("nlc", ex["nlc"], lambda q: load_level_net(q, device=model.device))
+        return MethodSetup(NLC(net, mode=p.get("nlc_mode", "reuse")))
+    if method == "nlc-lut":
+        from .extras.nlc_table import NLCLookupTable
+
+        return MethodSetup(NLCTable(_cached("lut", ex["nlc-lut"], NLCLookupTable.load)))
+    if method == "nag":
+        return MethodSetup(Correction(), {"nag_scale": p["nag_scale"]})
+    if method == "nag-est":
+        return MethodSetup(Correction(), {"estimator": load_estimator_for(model), "nag_est_scale": p["nag_est_scale"]})
+    raise AssertionError(method)
