@@ -116,3 +116,30 @@ DDIM, 50 steps, seeds 0-7, one row per class (same seeds in every row), upscaled
 """
     (folder / "README.md").write_text(text)
     return text
+
+
+def write_extra_card(folder: Path, title: str, what: str, command: str, results_md: str):
+    """A card for a small network trained beside a denoiser (estimator, NLC, classifier)."""
+    folder = Path(folder)
+    state = json.loads((folder / "training" / "state.json").read_text())
+    cfg = state["config"]
+    loss_curve(folder / "training" / "loss_log.csv", folder / "loss_curve.png", f"{folder.name}: training loss")
+    text = f"""# {title}
+
+{what}
+
+| | |
+| --- | --- |
+| command | `{command}` |
+| steps so far | {state['step']:,} at batch {cfg['extra'].get('batch_size')} (AdamW lr {cfg['lr']}, EMA {cfg['ema_decay']}) |
+| training time | {state['seconds'] / 3600:.2f} h of compute on {state['device']} ({hardware()}) |
+| weights | `model.safetensors` (EMA, fp32) + `config.json`; `training/` resumes the run |
+
+## Results
+{results_md}
+
+## Loss
+![loss curve](loss_curve.png)
+"""
+    (folder / "README.md").write_text(text)
+    return text

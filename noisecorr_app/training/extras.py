@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from ..extras.estimator import NoiseLevelEstimator, estimator_loss, save_estimator
 from ..extras.nlc import LevelNet, save_level_net
@@ -62,7 +63,8 @@ def train_nlc(model_source, data, out=None, steps=20_000, batch_size=64, lr=3e-4
                       extra=dict(model=str(model_source), data=str(data), batch_size=batch_size))
     info = {"denoiser": denoiser.name, "data": str(data)}
     trainer = Trainer(net, nlc_loss(denoiser), out, cfg, device=denoiser.device, save_dtype=torch.float32,
-                      on_checkpoint=lambda tr: save_level_net(_ema_copy(tr, net), out, {**info, "steps": tr.step}))
+                      on_checkpoint=lambda tr: save_level_net(_ema_copy(tr, net), out, {**info, "steps": tr.step}),
+                      ema_fallback=lambda: load_file(out / "model.safetensors"))
     for _ in trainer.run(batches(trainer.step), max_minutes=max_minutes):
         pass
     return trainer
@@ -80,7 +82,8 @@ def train_estimator(data, out, steps=20_000, batch_size=128, lr=1e-3, max_minute
     trainer = Trainer(net, lambda m, batch: estimator_loss(batch[0].to(trainer.device), batch[1], m), out, cfg,
                       save_dtype=torch.float32,
                       on_checkpoint=lambda tr: save_estimator(_ema_copy(tr, net), out,
-                                                              {"data": str(data), "steps": tr.step}))
+                                                              {"data": str(data), "steps": tr.step}),
+                      ema_fallback=lambda: load_file(out / "model.safetensors"))
     for _ in trainer.run(batches(trainer.step), max_minutes=max_minutes):
         pass
     return trainer
