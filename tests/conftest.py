@@ -42,6 +42,15 @@ def save_tiny_model(folder: Path, layout="pipeline", prediction_type="epsilon", 
     return folder
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of small matmuls and SVDs: a second thread only fights other jobs for a shared core."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")

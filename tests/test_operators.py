@@ -21,13 +21,7 @@ CASES = [(32, 2, t, s) for t, s in CASES_32] + [(256, 1, t, s) for t, s in CASES
 IDS = [f"{n}-{t}-" + "-".join(f"{v}" for v in s.values()) for n, _, t, s in CASES]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These are small matmuls/SVDs: a second thread only fights the other jobs on a shared machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.lru_cache(maxsize=None)

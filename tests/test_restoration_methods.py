@@ -18,13 +18,7 @@ from noisecorr_app.sampling.trace import step_summary
 TASKS = ["sr4", "sr2", "inpaint", "deblur", "colorize", "cs"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only fights the other jobs on a shared machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class PixelGaussian:

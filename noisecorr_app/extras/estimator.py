@@ -10,15 +10,14 @@ dividing out the scale lets it see texture the same way at every level.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..sampling.corrections import rms
+from .storage import load_net, save_net
 
 
 def _block(cin, cout, stride):
@@ -62,22 +61,9 @@ def estimator_loss(x0, labels, estimator: NoiseLevelEstimator):
 
 
 def save_estimator(net: NoiseLevelEstimator, folder: Path, info: dict):
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in net.state_dict().items()},
-              folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({"kind": "noise-level-estimator", **net.config, "info": info}, indent=2))
+    save_net(net, folder, "noise-level-estimator", info)
 
 
 def load_estimator(folder: Path, device="cpu") -> NoiseLevelEstimator:
-    folder = Path(folder)
-    if not (folder / "config.json").exists() or not (folder / "model.safetensors").exists():
-        raise FileNotFoundError(f"no noise-level estimator in {folder}: train one with "
-                                f"`python -m noisecorr_app train estimator`")
-    cfg = json.loads((folder / "config.json").read_text())
-    net = NoiseLevelEstimator(cfg["channels"], cfg["width"], cfg["sigma_min"], cfg["sigma_max"])
-    try:
-        net.load_state_dict(load_file(folder / "model.safetensors"))
-    except Exception as e:
-        raise ValueError(f"the estimator weights in {folder} could not be read ({type(e).__name__}); retrain them") from None
-    return net.to(device).eval()
+    build = lambda c: NoiseLevelEstimator(c["channels"], c["width"], c["sigma_min"], c["sigma_max"])
+    return load_net(folder, build, "noise-level estimator", "train estimator", device)

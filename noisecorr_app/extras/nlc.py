@@ -7,13 +7,13 @@ log sigma, which costs nothing and tells the head the level the features were co
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from .storage import load_net, save_net
 
 
 class ResBlock(nn.Module):
@@ -48,21 +48,9 @@ class LevelNet(nn.Module):
 
 
 def save_level_net(net: LevelNet, folder: Path, info: dict):
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in net.state_dict().items()},
-              folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({"kind": "nlc", **net.config, "info": info}, indent=2))
+    save_net(net, folder, "nlc", info)
 
 
 def load_level_net(folder: Path, device="cpu") -> LevelNet:
-    folder = Path(folder)
-    if not (folder / "config.json").exists() or not (folder / "model.safetensors").exists():
-        raise FileNotFoundError(f"no NLC network in {folder}: train one with `python -m noisecorr_app train nlc`")
-    cfg = json.loads((folder / "config.json").read_text())
-    net = LevelNet(cfg["channels"], cfg["spatial"], cfg["blocks"], cfg["hidden"])
-    try:
-        net.load_state_dict(load_file(folder / "model.safetensors"))
-    except Exception as e:
-        raise ValueError(f"the NLC weights in {folder} could not be read ({type(e).__name__}); retrain them") from None
-    return net.to(device).eval().requires_grad_(False)
+    build = lambda c: LevelNet(c["channels"], c["spatial"], c["blocks"], c["hidden"])
+    return load_net(folder, build, "NLC network", "train nlc", device).requires_grad_(False)
