@@ -1,0 +1,90 @@
+"""The training commands run and resume; the shipped weights load and behave (CPU, offline)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, SHARED_DATA
+from PIL import Image
+
+from noisecorr_app.cli import main
+
+WEIGHTS = ROOT / "weights"
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """A handful of 16x16 images in two class folders, as the train commands expect."""
+    root = tmp_path_factory.mktemp("imgs") / "train"
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root.parent
+
+
+def test_train_denoiser_runs_and_resumes(tmp_path, image_folder, monkeypatch):
+    monkeypatch.setenv("NOISECORR_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "model"
+    args = ["train", "denoiser", "--data", str(image_folder), "--out", str(out), "--image-size", "16",
+            "--batch-size", "4", "--threads", "1"]
+    assert main(args + ["--steps", "2"]) == 0
+    state = json.loads((out / "training" / "state.json").read_text())
+    assert state["step"] == 2
+    assert main(args + ["--steps", "4"]) == 0                         # the same command resumes
+    assert json.loads((out / "training" / "state.json").read_text())["step"] == 4
+    log = (out / "training" / "loss_log.csv").read_text().splitlines()
+    assert log[0] == "step,loss,lr,seconds"
+    # the exported folder is a loadable class-conditional model with both null conditions
+    from noisecorr_app.models.loading import load_model
+
+    model = load_model(out, device="cpu")
+    assert model.num_classes == 2 and model.supports_null_label and model.supports_null_noise
+    assert model.class_names == ["cat", "dog"]
+
+
+def test_train_estimator_runs_and_resumes_without_its_ema_file(tmp_path, image_folder, monkeypatch):
+    monkeypatch.setenv("NOISECORR_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "est"
+    args = ["train", "estimator", "--data", str(image_folder), "--out", str(out), "--batch-size", "4", "--threads", "1"]
+    assert main(args + ["--steps", "2"]) == 0
+    (out / "training" / "ema.safetensors").unlink()               # as in a fresh clone (not committed)
+    (out / "training" / "optimizer.safetensors").unlink()
+    assert main(args + ["--steps", "3"]) == 0
+    assert json.loads((out / "training" / "state.json").read_text())["step"] == 3
+
+
+def _shipped(name):
+    folder = WEIGHTS / name
+    if not (folder / "README.md").exists():
+        pytest.skip(f"{folder} is not shipped in this checkout")
+    return folder
+
+
+def test_shipped_default_model_samples_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _shipped("noisecorr-ddpm-cifar10")
+    from noisecorr_app.models.loading import load_model
+    from noisecorr_app.sampling.run import sample
+
+    model = load_model(device="cpu")
+    assert model.sample_shape == (3, 32, 32) and model.num_classes == 10
+    assert model.supports_null_label and model.supports_null_noise
+    res = sample(model, sampler="ddim", steps=4, n=2, labels=[3, 5], seed=0)
+    assert res.images.shape == (2, 3, 32, 32) and torch.isfinite(res.images).all()
+    assert res.images.min() >= -1 and res.images.max() <= 1 and res.images.std() > 0.05
+
+
+def test_shipped_estimator_reads_noise_levels():
+    from noisecorr_app.extras.estimator import load_estimator
+    from noisecorr_app.training.data import default_cifar10, load_images, to_tensor
+
+    est = load_estimator(_shipped("cifar10-noise-estimator"))
+    if not default_cifar10().exists():
+        pytest.skip(f"CIFAR-10 is not at {default_cifar10()} (../shared/data beside the checkout)")
+    x0 = to_tensor(load_images(default_cifar10(), split="test").images[:64])
+    g = torch.Generator().manual_seed(0)
+    for sigma in (0.5, 5.0, 50.0):
+        est_sigma = est.estimate(x0 + sigma * torch.randn(x0.shape, generator=g))
+        assert abs(est_sigma.median().item() / sigma - 1) < 0.1, sigma
