@@ -43,7 +43,10 @@ def _load(a):
     from .models.loading import ModelLoadError, load_model
 
     try:
-        return load_model(a.model, device=a.device, allow_pickle=a.allow_pickle, revision=a.revision)
+        import torch
+
+        return load_model(a.model, device=a.device, allow_pickle=a.allow_pickle, revision=a.revision,
+                          dtype=torch.float16 if getattr(a, "fp16", False) else torch.float32)
     except ModelLoadError as e:
         raise UserError(str(e)) from None
 
@@ -421,6 +424,7 @@ def _model_args(p):
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow a pickle (.bin) checkpoint when no safetensors exist; read with weights_only=True")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU if present)")
+    p.add_argument("--fp16", action="store_true", help="half-precision weights on a GPU (ignored on the CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
