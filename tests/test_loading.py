@@ -3,6 +3,8 @@ import json
 
 import numpy as np
 import shutil
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,3 +184,56 @@ def test_cli_methods_and_restore(tmp_path, tiny_model_dir):
     assert rc == 0 and len(list((tmp_path / "r").glob("*.png"))) == 3
     assert main(["restore", "--model", str(folder), "--task", "inpaint", "--input", str(tmp_path / "none.png"),
                  "--out", str(tmp_path / "r2"), "--device", "cpu"]) == 2
+
+
+def _cached_hub_repo_blobs(cache, repo_id, source, accessed):
+    """huggingface_hub's real cache layout: content in blobs/, snapshot entries are symlinks."""
+    import hashlib
+    import os
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()     # commits are unique across repos
+    snap = repo / "snapshots" / commit
+    for f in Path(source).rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(data)
+            os.utime(blob, (accessed, accessed))
+            link = snap / f.relative_to(source)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return repo
+
+
+def test_hub_cache_bound_drops_least_recently_used_repos(tmp_path, tiny_model_dir):
+    """A server that loads visitors' Hub ids keeps its cache under a bound (issue 7)."""
+    from huggingface_hub import scan_cache_dir
+
+    cache = tmp_path / "hf"
+    for i, name in enumerate(["old", "middle", "new"]):   # accessed 3, 2 and 1 hours ago
+        _cached_hub_repo_blobs(cache, f"someone/{name}", tiny_model_dir, time.time() - 3600 * (3 - i))
+    one_repo = scan_cache_dir(cache).size_on_disk // 3
+    # room for two repos: loading 'old' makes it the most recent; 'middle' (now the oldest) goes
+    model = load_model("someone/old", device="cpu", offline=True, cache_dir=cache, max_cache_bytes=2 * one_repo)
+    assert model.name == "someone/old"
+    left = {r.repo_id for r in scan_cache_dir(cache).repos}
+    assert left == {"someone/old", "someone/new"}
+    # a bound smaller than the repo just loaded keeps that repo anyway
+    load_model("someone/new", device="cpu", offline=True, cache_dir=cache, max_cache_bytes=1)
+    assert {r.repo_id for r in scan_cache_dir(cache).repos} == {"someone/new"}
+
+
+def test_hub_cache_bound_from_env(monkeypatch):
+    from noisecorr_app.models.cache import cache_bound_from_env
+
+    monkeypatch.setenv("NOISECORR_HUB_CACHE_GB", "2.5")
+    assert cache_bound_from_env() == 2_500_000_000
+    monkeypatch.setenv("NOISECORR_HUB_CACHE_GB", "lots")
+    with pytest.raises(ValueError, match="number of GB"):
+        cache_bound_from_env()
+    monkeypatch.delenv("NOISECORR_HUB_CACHE_GB")
+    assert cache_bound_from_env() is None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .cache import cache_bound_from_env, mark_used, trim_hub_cache
 from .denoiser import UNetDenoiser
 from .registry import default_model_path
 
@@ -116,17 +117,24 @@ def _weights_kind(unet_dir: Path) -> str:
 
 def load_model(source: str | Path | None = None, *, device: str | torch.device | None = None,
                dtype: torch.dtype = torch.float32, allow_pickle: bool = False, revision: str | None = None,
-               offline: bool | None = None, cache_dir: str | Path | None = None) -> UNetDenoiser:
+               offline: bool | None = None, cache_dir: str | Path | None = None,
+               max_cache_bytes: int | None = None) -> UNetDenoiser:
     """Load a diffusers UNet2DModel (DDPM type) as a sigma-space denoiser.
 
     source: a local folder, a Hub repo id, or None for the embedded default model.
     dtype: torch.float16 halves memory on a GPU; the CPU always computes in float32.
+    max_cache_bytes: after a Hub load, trim the Hub cache to this size, least recently used repos
+    first (default: ``NOISECORR_HUB_CACHE_GB``, unset = no bound; see ``models/cache.py``).
     """
     from diffusers import DDPMScheduler, UNet2DModel
 
     name, folder = _resolve_source(source)
     if folder is None:
         folder = _download(name, revision, allow_pickle, _is_offline() if offline is None else offline, cache_dir)
+        bound = cache_bound_from_env() if max_cache_bytes is None else max_cache_bytes
+        if bound is not None:
+            mark_used(folder)
+            trim_hub_cache(bound, cache_dir, keep=(name,))
     try:
         unet_dir, sched_file = _find_layout(folder)
     except FileNotFoundError:
