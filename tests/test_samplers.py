@@ -183,3 +183,8 @@ def test_ddim_eta_styles_on_gaussian_data():
                                           eta=0.85, eta_style=style))[-1].x_next.std().item()
     assert abs(std("ddim") - 0.5) < 0.03
     assert std("ddnm") < 0.45
+
+
+def test_an_option_of_another_sampler_is_a_clear_error(gaussian):
+    with pytest.raises(ValueError, match="the dpmpp sampler has no option eta"):
+        sample(gaussian, sampler="dpmpp", steps=4, n=2, eta=0.5)

@@ -1,6 +1,7 @@
 """``sample()``: model + sampler + schedule + correction + guidance -> images and a per-step trace."""
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -69,6 +70,16 @@ def check_settings(sampler: str, steps: int, n: int):
         raise ValueError(f"the number of images must be at least 1, got {n}")
 
 
+def check_sampler_options(sampler: str, options: dict):
+    """A sampler-specific option given to another sampler (eta to DPM-Solver++, say) is a clear
+    error rather than a TypeError from deep inside the loop."""
+    accepted = list(inspect.signature(SAMPLERS[sampler]).parameters)[4:]   # after x, sigmas, predict, noise
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        takes = f"it takes {', '.join(accepted)}" if accepted else "it takes no options"
+        raise ValueError(f"the {sampler} sampler has no option {', '.join(unknown)} ({takes})")
+
+
 def sample_steps(model, *, sampler: str = "ddim", steps: int = 20, n: int = 1, seed: int = 0,
                  seeds: list[int] | None = None, labels=None, correction: Correction | None = None,
                  cfg_scale: float = 1.0, nag_scale: float = 0.0, schedule: str = "model",
@@ -82,6 +93,7 @@ def sample_steps(model, *, sampler: str = "ddim", steps: int = 20, n: int = 1, s
     of the state entering the step. nag_est_scale: estimator-based NAG with that weight.
     """
     check_settings(sampler, steps, n)
+    check_sampler_options(sampler, sampler_options)
     base = as_denoiser(model)
     counted = CountingDenoiser(base)
     net = Guided(counted, cfg_scale, nag_scale) if (cfg_scale != 1 or nag_scale) else counted
