@@ -1,10 +1,10 @@
-"""noisecorr web app: ``python app.py`` serves it on the embedded default model (no network needed)."""
+"""noisecorr web app: ``python app.py`` serves it on the embedded default model (no network needed).
+NOISECORR_MODEL names another default (a folder or Hub id); HOST and PORT set the address."""
 import os
 
-from noisecorr_app.ui.demo import build_demo
+from noisecorr_app.ui.app import build_demo, launch
 
 demo = build_demo(os.environ.get("NOISECORR_MODEL") or None)
 
 if __name__ == "__main__":
-    demo.queue(default_concurrency_limit=2).launch(server_name=os.environ.get("HOST", "127.0.0.1"),
-                                                   server_port=int(os.environ.get("PORT", 7860)))
+    launch(demo)

@@ -1,0 +1,93 @@
+"""The Gradio app: a model picker and six tabs (Generate and five restorations), each comparing
+a baseline with a noise-shift correction from the same seed. ``build_demo()`` makes the Blocks,
+``launch()`` serves it with the app's limits (queue, upload size)."""
+from __future__ import annotations
+
+import os
+
+import gradio as gr
+
+from ..models.loading import ModelLoadError
+from . import tab_generate, tab_restore
+from .restore import TABS
+from .state import ANY_CLASS, DEFAULT_KEY, OTHER_KEY, ModelStore, class_choices, correction_choices, \
+    default_correction, describe, picker_choices, resolve_choice, restoration_plan
+from .wiring import hub_message
+
+MAX_FILE_SIZE = "10mb"          # uploads beyond this are refused by Gradio before they reach a handler
+QUEUE_MAX = 32                  # waiting requests beyond this get "queue full"
+
+INTRO = """# noisecorr: noise-shift corrections for diffusion sampling
+While a diffusion sampler runs, the noise actually left in the image drifts from the level the schedule
+assumes (*noise shift*). Every tab runs a **baseline** and a **corrected** sampler from the **same seed**,
+side by side, with the scheduled and the estimated noise level of each step on one plot.
+Images are shown enlarged with nearest-neighbour pixels and sent as lossless PNG, so PSNR/SSIM describe
+what you see."""
+
+
+def default_concurrency(model) -> int:
+    """Sampling requests run at once: one on a CPU (two would only share its cores), two on a GPU."""
+    env = os.environ.get("NOISECORR_CONCURRENCY")
+    if env:
+        return max(1, int(env))
+    return 2 if model is not None and model.device.type != "cpu" else 1
+
+
+def build_demo(model_source=None, device=None) -> gr.Blocks:
+    """The Blocks app, queued. model_source: the server's default model (a folder or Hub id chosen
+    by whoever runs the server; None = the embedded default)."""
+    store = ModelStore(model_source, device=device)
+    model = store.load_default()
+    concurrency = default_concurrency(model)
+    header = describe(model, store.default_error)
+
+    with gr.Blocks(title="noisecorr: noise-shift corrections for diffusion sampling") as demo:
+        gr.Markdown(INTRO)
+        model_key = gr.State(DEFAULT_KEY)
+        with gr.Accordion("Model", open=model is None):
+            with gr.Row():
+                choice = gr.Dropdown(picker_choices(store.default_label()), value=DEFAULT_KEY, label="Model",
+                                     scale=3)
+                repo = gr.Textbox(label="Hub repo id (for 'Another Hub repo id')", placeholder="owner/name",
+                                  scale=2)
+                load = gr.Button("Load model", scale=1)
+        model_md = gr.Markdown(header, elem_id="model-info")
+        with gr.Tabs():
+            with gr.Tab("Generate", id="generate"):
+                gen = tab_generate.build(store, model_key, model, concurrency)
+            plans = []
+            for tab, (_, title, _) in TABS.items():
+                with gr.Tab(title, id=tab):
+                    plans.append(tab_restore.build(store, model_key, model, concurrency, tab)["plan"])
+
+        def pick(choice_value, repo_id, key):
+            """Load the chosen model for this session; on failure say why and keep the previous one."""
+            target = choice_value
+            try:
+                target = resolve_choice(choice_value, repo_id)
+                new = store.get(target)
+            except (ValueError, ModelLoadError) as e:
+                msg = hub_message(repo_id if choice_value == OTHER_KEY else target, e)
+                gr.Warning(msg)
+                try:
+                    current = describe(store.get(key))
+                except (ValueError, ModelLoadError) as e2:
+                    current = describe(None, str(e2))
+                return [key, f"⚠️ **Could not load that model.** {msg}\n\n{current}"] + [gr.skip()] * (2 + len(plans))
+            ok, _ = correction_choices(new)
+            return ([target, describe(new), gr.update(choices=class_choices(new), value=ANY_CLASS),
+                     gr.update(choices=ok, value=default_correction(ok))]
+                    + [restoration_plan(new)[1]] * len(plans))
+
+        load.click(pick, [choice, repo, model_key], [model_key, model_md, gen["class"], gen["correction"], *plans],
+                   api_name="load_model", concurrency_id="model-loading", concurrency_limit=1)
+    demo.queue(default_concurrency_limit=concurrency, max_size=QUEUE_MAX)
+    return demo
+
+
+def launch(demo: gr.Blocks, **kw):
+    """Serve with the app's limits; keyword arguments override (tests pass prevent_thread_lock)."""
+    opts = dict(server_name=os.environ.get("HOST", "127.0.0.1"), server_port=int(os.environ.get("PORT", 7860)),
+                max_file_size=MAX_FILE_SIZE, show_error=True)
+    opts.update(kw)
+    return demo.launch(**opts)

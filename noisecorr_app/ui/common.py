@@ -1,0 +1,175 @@
+"""Helpers shared by the tabs, free of Gradio: input coercion, image scaling, result bundles,
+streaming a library call's per-step callback as a generator, the per-model run lock, and the
+optional ``spaces.GPU`` decorator."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import queue
+import threading
+import time
+import uuid
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+import tempfile
+
+try:                                   # Hugging Face ZeroGPU Spaces: run heavy functions on a GPU
+    import spaces
+
+    GPU = spaces.GPU
+except Exception:                      # not installed / not on Spaces: a no-op decorator
+    def GPU(fn=None, **_):
+        return fn if fn is not None else (lambda f: f)
+
+PREVIEW_SIDE = 128        # generated images are shown at least this many pixels wide (nearest neighbour)
+RESTORE_SIDE = 256        # restoration panels
+BUNDLE_DIR = Path(tempfile.gettempdir()) / "noisecorr_app"
+BUNDLE_MAX_AGE_S = 2 * 3600
+
+
+def as_int(value, name: str, lo: int, hi: int) -> int:
+    """A whole number in [lo, hi] from a slider or API value (floats like 20.0 are fine)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+    if not math.isfinite(f) or f != int(f) or not lo <= f <= hi:
+        raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {value!r}")
+    return int(f)
+
+
+def as_float(value, name: str, lo: float, hi: float) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(f) or not lo <= f <= hi:
+        raise ValueError(f"{name} must be a number from {lo:g} to {hi:g}, got {value!r}")
+    return f
+
+
+def scale_for(size: int, side: int) -> int:
+    """Integer nearest-neighbour factor that shows a size-pixel image about side pixels wide."""
+    return max(1, side // max(1, int(size)))
+
+
+def upscale(img, factor: int):
+    from PIL import Image
+
+    return img.resize((img.width * factor, img.height * factor), Image.NEAREST) if factor > 1 else img
+
+
+def _png_bytes(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_bundle(prefix: str, images: dict, meta: dict) -> str:
+    """A zip of PNG images (name -> PIL image, native resolution) and ``run.json``; returns its path.
+    Bundles older than two hours are removed on the way."""
+    BUNDLE_DIR.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in BUNDLE_DIR.glob("*.zip"):
+        try:
+            if now - old.stat().st_mtime > BUNDLE_MAX_AGE_S:
+                old.unlink()
+        except OSError:
+            pass
+    path = BUNDLE_DIR / f"noisecorr-{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, img in images.items():
+            z.writestr(f"{name}.png", _png_bytes(img))
+        z.writestr("run.json", json.dumps(meta, indent=1, default=_json_default))
+    return str(path)
+
+
+def _json_default(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+class Stopped(Exception):
+    """Raised inside the worker when the consumer of ``stream`` went away (page closed, cancelled)."""
+
+
+def stream(fn, *args, **kwargs):
+    """Run ``fn(*args, on_event=cb, **kwargs)`` in a worker thread and yield every ``cb(event)`` as
+    it happens; the generator's return value (``StopIteration.value``) is fn's result. Exceptions
+    in fn are re-raised here. Closing the generator makes the worker stop at its next event."""
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def cb(event):
+        if stop.is_set():
+            raise Stopped
+        events.put(("event", event))
+
+    def work():
+        try:
+            events.put(("done", fn(*args, on_event=cb, **kwargs)))
+        except BaseException as e:         # handed to the consumer
+            events.put(("error", e))
+
+    threading.Thread(target=work, daemon=True, name="noisecorr-run").start()
+    try:
+        while True:
+            kind, value = events.get()
+            if kind == "event":
+                yield value
+            elif kind == "done":
+                return value
+            else:
+                raise value
+    finally:
+        stop.set()
+
+
+class RunLock:
+    """Shared by plain runs, exclusive for runs that read the network's bottleneck features (NLC):
+    those use a forward hook on the shared UNet, which would also fire inside another thread's
+    pass on the same model."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def hold(self, exclusive: bool = False):
+        with self._cond:
+            if exclusive:
+                self._cond.wait_for(lambda: not self._writer and self._readers == 0)
+                self._writer = True
+            else:
+                self._cond.wait_for(lambda: not self._writer)
+                self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                if exclusive:
+                    self._writer = False
+                else:
+                    self._readers -= 1
+                self._cond.notify_all()
+
+
+class Throttle:
+    """Decides when a streamed preview is worth sending: every image re-encodes PNGs and redraws
+    the page, so at most one per ``every`` seconds, plus the last step of each run."""
+
+    def __init__(self, every: float = 0.35):
+        self.every, self._last = every, 0.0
+
+    def due(self, last_step: bool = False) -> bool:
+        now = time.perf_counter()
+        if last_step or now - self._last >= self.every:
+            self._last = now
+            return True
+        return False

@@ -1,0 +1,133 @@
+"""The Generate tab as plain functions: settings -> two runs from the same seeds (baseline and a
+correction) -> images, metrics, plot data and a download bundle. No Gradio here."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..images import grid, to_pil
+from ..methods import DEFAULTS, METHODS, load_estimator_for, setup
+from ..sampling.run import sample
+from ..sampling.samplers import SAMPLERS
+from .common import PREVIEW_SIDE, as_float, as_int, scale_for, write_bundle
+from .plots import eps_frame, sigma_frame
+from .state import ANY_CLASS, class_index
+
+MAX_STEPS = 200
+MAX_IMAGES = 16
+NAG_METHODS = ("nag", "nag-est")
+
+
+@dataclass
+class GenerateRequest:
+    sampler: str
+    steps: int
+    seed: int
+    n: int
+    label: int | None
+    class_name: str
+    method: str
+    nag_weight: float
+    cfg_scale: float
+    es_lambda: float
+    notes: list
+
+
+def default_nag_weight(method: str) -> float:
+    return DEFAULTS["nag_est_scale"] if method == "nag-est" else DEFAULTS["nag_scale"]
+
+
+def parse_generate(model, class_name, sampler, steps, seed, n_images, correction, nag_weight=None,
+                   cfg_scale=1.0, es_lambda=None) -> GenerateRequest:
+    """Validate the tab's inputs (ValueError with a message for the user)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
+    if correction not in METHODS or correction == "none":
+        raise ValueError(f"unknown correction '{correction}' (choose from "
+                         f"{', '.join(m for m in METHODS if m != 'none')})")
+    steps = as_int(steps, "steps", 1, MAX_STEPS)
+    seed = as_int(seed, "seed", 0, 2 ** 31 - 1)
+    n = as_int(n_images, "number of images", 1, MAX_IMAGES)
+    label = class_index(model, class_name)
+    w = default_nag_weight(correction) if nag_weight is None else as_float(nag_weight, "NAG weight", 0, 50)
+    cfg = as_float(1.0 if cfg_scale is None else cfg_scale, "CFG scale", 0, 20)
+    lam = DEFAULTS["es_lambda"] if es_lambda is None else as_float(es_lambda, "epsilon-scaling factor", 0.9, 1.1)
+    notes = []
+    if cfg != 1 and label is None:
+        notes.append("CFG needs a class: with 'any class' it is off (scale 1).")
+        cfg = 1.0
+    if cfg != 1 and not getattr(model, "supports_null_label", False):
+        raise ValueError("classifier-free guidance needs a class-conditional model with a null class; set CFG to 1")
+    return GenerateRequest(sampler, steps, seed, n, label, ANY_CLASS if label is None else str(class_name),
+                           correction, w, cfg, lam, notes)
+
+
+def run_kwargs(model, req: GenerateRequest) -> tuple[dict, dict]:
+    """sample() keyword arguments for the baseline and the corrected run (same seeds and labels).
+    Both get the noise-level estimator when the model has one, for the per-step plot; it only
+    reads the states (and guides only with nag-est), so the baseline is the plain sampler."""
+    common = dict(sampler=req.sampler, steps=req.steps, n=req.n, seed=req.seed,
+                  labels=None if req.label is None else [req.label] * req.n, cfg_scale=req.cfg_scale)
+    estimator = load_estimator_for(model)
+    ms = setup(req.method, model, nag_scale=req.nag_weight, nag_est_scale=req.nag_weight, es_lambda=req.es_lambda)
+    base = {**common, "estimator": estimator}
+    corrected = {**common, "correction": ms.correction, **ms.options}
+    corrected.setdefault("estimator", estimator)
+    return base, corrected
+
+
+def needs_exclusive(method: str) -> bool:
+    """NLC reads bottleneck features through a forward hook on the shared network."""
+    return method == "nlc"
+
+
+def run_generate(model, req: GenerateRequest, on_event=None) -> dict:
+    """Both runs; ``on_event((run, record))`` after every step (records carry the x0 tensors)."""
+    base_kw, corr_kw = run_kwargs(model, req)
+    out = {}
+    for run, kw in (("baseline", base_kw), ("corrected", corr_kw)):
+        cb = (lambda rec, run=run: on_event((run, rec))) if on_event else None
+        out[run] = sample(model, progress=cb, **kw)
+    return out
+
+
+def preview(model, x0) -> "object":
+    """A grid of x0 estimates (B, C, H, W) as shown in the tab."""
+    return grid(to_pil(x0.clamp(-1, 1)), scale=scale_for(model.sample_shape[-1], PREVIEW_SIDE))
+
+
+def _fmt(v, spec=".3f"):
+    return "n/a" if v is None else format(v, spec)
+
+
+def metrics_markdown(req: GenerateRequest, runs: dict) -> str:
+    b, c = runs["baseline"], runs["corrected"]
+    title = f"corrected ({req.method})"
+    lines = [f"| | baseline | {title} |", "|---|---|---|",
+             f"| noise shift, mean \\|log(σ_est/σ)\\| | {_fmt(b.noise_shift)} | {_fmt(c.noise_shift)} |",
+             f"| NFE / image | {b.nfe_per_image:g} NFE/image | {c.nfe_per_image:g} NFE/image |",
+             f"| seconds | {b.seconds:.1f} s | {c.seconds:.1f} s |"]
+    desc = (f"{req.n} image(s), class **{req.class_name}**, sampler **{req.sampler}**, {req.steps} steps, "
+            f"seed {req.seed}" + (f", CFG {req.cfg_scale:g}" if req.cfg_scale != 1 else "")
+            + (f", NAG weight {req.nag_weight:g}" if req.method in NAG_METHODS else "")
+            + (f", λ = {req.es_lambda:g}" if req.method == "es" else "") + ". Same seeds for both runs.")
+    if b.noise_shift is None:
+        desc += " No noise-level estimator for this model: no noise-shift figure."
+    return "\n".join([desc, "", *lines] + ([""] + [f"*{n}*" for n in req.notes] if req.notes else []))
+
+
+def generate_outputs(model, req: GenerateRequest, runs: dict) -> dict:
+    """Final outputs: upscaled grids, metrics, plot frames, the zip bundle."""
+    scale = scale_for(model.sample_shape[-1], PREVIEW_SIDE)
+    labels = {"baseline": "baseline", "corrected": f"corrected ({req.method})"}
+    recs = {labels[k]: v.records for k, v in runs.items()}
+    images = {}
+    for run, res in runs.items():
+        for i, im in enumerate(to_pil(res.images)):
+            images[f"{run}_{i:02d}"] = im
+    meta = {"tab": "generate", "model": model.name, "request": asdict(req), "metrics": {
+        run: {"noise_shift": res.noise_shift, "nfe_per_image": res.nfe_per_image, "seconds": round(res.seconds, 3)}
+        for run, res in runs.items()}, "traces": {run: res.trace(per_image=True) for run, res in runs.items()}}
+    return {"baseline": grid(to_pil(runs["baseline"].images), scale=scale),
+            "corrected": grid(to_pil(runs["corrected"].images), scale=scale),
+            "metrics": metrics_markdown(req, runs), "sigma": sigma_frame(recs), "eps": eps_frame(recs),
+            "bundle": write_bundle("generate", images, meta), "meta": meta}

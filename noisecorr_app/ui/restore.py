@@ -1,0 +1,237 @@
+"""The restoration tabs as plain functions: an image and task settings -> the measurement y ->
+DDNM (baseline) and IterProj(-NLC) (corrected) from the same seed -> images, PSNR/SSIM against
+the reference, measurement consistency, plot data and a download bundle. No Gradio here."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..evaluation.metrics import psnr, ssim
+from ..images import prepare_image, to_pil
+from ..methods import load_estimator_for, setup
+from ..restoration.methods import degrade, restore
+from ..restoration.operators import Inpainting, make_operator, mask_from_image
+from .common import RESTORE_SIDE, as_float, as_int, scale_for, write_bundle
+from .plots import consistency_frame, eps_frame, sigma_frame
+from .state import restoration_plan
+
+MAX_STEPS = 200
+MASK_KINDS = ("box", "random", "half", "drawn")
+EDITOR_SIDE = 256
+
+# tab name -> (library task, title, one line for the user)
+TABS = {
+    "super_resolution": ("sr", "Super-resolution", "Recover the image from its block averages (x2 or x4)."),
+    "inpainting": ("inpaint", "Inpainting", "Fill in the hidden pixels: draw them with the brush or pick a preset mask."),
+    "deblur": ("deblur", "Deblur", "Undo a Gaussian blur."),
+    "colorize": ("colorize", "Colorize", "Recover the colours from the grey image."),
+    "compressive_sensing": ("cs", "Compressive sensing",
+                            "Recover the image from a random subset of its Walsh-Hadamard coefficients."),
+}
+
+
+@dataclass
+class RestoreRequest:
+    tab: str
+    task: str
+    settings: dict               # what the operator was built from (JSON-friendly)
+    sigma_y: float
+    steps: int
+    seed: int
+    note: str | None = None      # what prepare_image did to the upload
+    extra: dict = field(default_factory=dict)
+
+
+def model_size(model) -> int:
+    c, h, w = model.sample_shape
+    if h != w:
+        raise ValueError(f"restoration needs a square model, this one makes {w}x{h} images")
+    return h
+
+
+def load_reference(image, size: int):
+    """The user's image -> (1, 3, size, size) in [-1, 1] and a note; ValueError if missing or unreadable."""
+    if image is None or (isinstance(image, str) and not image.strip()):
+        raise ValueError("No image: upload one or pick an example first.")
+    return prepare_image(image, size)
+
+
+def drawn_layers(editor) -> list:
+    """The stroke layers of a gr.ImageEditor value ({'background', 'layers', 'composite'})."""
+    if not editor:
+        return []
+    layers = editor.get("layers") if isinstance(editor, dict) else None
+    return [layer for layer in (layers or []) if layer is not None]
+
+
+def has_strokes(editor) -> bool:
+    for layer in drawn_layers(editor):
+        a = np.asarray(layer.convert("RGBA"))[..., 3] if hasattr(layer, "convert") else np.asarray(layer)
+        if a.ndim == 3:
+            a = a[..., -1]
+        if (a > 127).any():
+            return True
+    return False
+
+
+def drawn_mask(editor, size: int) -> torch.Tensor:
+    """Keep-mask (size, size) from the editor's stroke layers: any stroke pixel is missing."""
+    layers = drawn_layers(editor)
+    if not layers or not has_strokes(editor):
+        raise ValueError("Nothing is drawn: paint over the pixels to fill in with the brush, "
+                         "or choose a preset mask (box, random, half).")
+    keep = torch.ones(size, size, dtype=torch.bool)
+    for layer in layers:
+        keep &= mask_from_image(layer, size)
+    return keep
+
+
+def parse_restore(model, tab: str, image, sigma_y, steps, seed, *, factor=None, blur_sigma=None, cs_ratio=None,
+                  mask=None, drawing=None):
+    """Validate and build: (request, reference x, operator). ValueError with a message for the user."""
+    if tab not in TABS:
+        raise ValueError(f"unknown restoration tab '{tab}'")
+    task = TABS[tab][0]
+    size = model_size(model)
+    sigma_y = as_float(0.0 if sigma_y is None else sigma_y, "measurement noise sigma_y", 0.0, 0.2)
+    steps = as_int(steps, "steps", 1, MAX_STEPS)
+    seed = as_int(seed, "seed", 0, 2 ** 31 - 1)
+    settings, op_kw = {}, {}
+    if task == "sr":
+        f = as_int(4 if factor is None else factor, "super-resolution factor", 2, 16)
+        if size % f:
+            raise ValueError(f"super-resolution x{f} needs an image side divisible by {f}; the model makes {size}x{size}")
+        settings = op_kw = {"factor": f}
+    elif task == "deblur":
+        settings = op_kw = {"sigma": as_float(2.0 if blur_sigma is None else blur_sigma, "blur sigma", 0.1, 20)}
+    elif task == "cs":
+        settings = op_kw = {"ratio": as_float(0.25 if cs_ratio is None else cs_ratio, "measurement ratio", 0.01, 1)}
+    elif task == "inpaint":
+        kind = mask or "box"
+        if kind not in MASK_KINDS:
+            raise ValueError(f"unknown mask '{kind}' (choose from {', '.join(MASK_KINDS)})")
+        settings = {"mask": kind}
+        op_kw = {"mask": drawn_mask(drawing, size)} if kind == "drawn" else {"mask": kind, "seed": seed}
+    x, note = load_reference(image, size)
+    op = make_operator(task, size, model.sample_shape[0], **op_kw)
+    if isinstance(op, Inpainting):
+        settings["kept_fraction"] = round(op.kept_fraction, 4)
+    return RestoreRequest(tab, task, settings, sigma_y, steps, seed, note), x, op
+
+
+def corrected_setup(model):
+    """(method, inner correction or None) for the corrected run."""
+    method, _ = restoration_plan(model)
+    return method, (setup("nlc", model).correction if method == "iterproj-nlc" else None)
+
+
+def needs_exclusive_restore(model) -> bool:
+    """IterProj-NLC reads bottleneck features through a forward hook on the shared network."""
+    return restoration_plan(model)[0] == "iterproj-nlc"
+
+
+def run_restore(model, req: RestoreRequest, x, op, on_event=None) -> dict:
+    """Degrade x, then restore with both methods; ``on_event((run, record))`` after every step.
+    With a noise-level estimator for the model, every record also gets its reading of the state
+    entering the step (``extras['sigma_est']``), for the scheduled-against-estimated plot; it only
+    reads the states, so the restorations are the library's own."""
+    y = degrade(op, x.to(model.device), req.sigma_y, seed=req.seed)
+    method, correction = corrected_setup(model)
+    estimator = load_estimator_for(model)
+    out = {"y": y}
+    for run, m, corr in (("baseline", "ddnm", None), ("corrected", method, correction)):
+        def cb(rec, run=run):
+            if estimator is not None:       # restore() stores the record after this callback
+                rec.extras["sigma_est"] = estimator.estimate(rec.x).detach().cpu()
+            if on_event:
+                on_event((run, rec))
+        out[run] = restore(model, op, y, method=m, steps=req.steps, seed=req.seed, sigma_y=req.sigma_y,
+                           correction=corr, progress=cb)
+    out["methods"] = {"baseline": "ddnm", "corrected": method}
+    return out
+
+
+def preview(model, x0):
+    """The first image's x0 estimate as shown in the tab."""
+    return _show(model, x0[:1].clamp(-1, 1))
+
+
+def _show(model, t):
+    """(1, C, H, W) in [-1, 1] -> PIL, upscaled with nearest neighbour to about RESTORE_SIDE pixels."""
+    size = model_size(model)
+    side = size * scale_for(size, RESTORE_SIDE)
+    return to_pil(t)[0].resize((side, side), 0)
+
+
+def _quality(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    ref = ref.to(out.device, out.dtype)
+    try:
+        s = float(ssim(out, ref).mean())
+    except ValueError:            # smaller than SSIM's 11x11 window
+        s = None
+    return {"psnr": float(psnr(out, ref).mean()), "ssim": s}
+
+
+def _fmt(v, spec):
+    return "n/a" if v is None else format(v, spec)
+
+
+NAMES = {"ddnm": "DDNM", "iterproj": "IterProj", "iterproj-nlc": "IterProj-NLC"}
+
+
+def metrics(req: RestoreRequest, x, op, res: dict) -> dict:
+    view = op.view(res["y"]).clamp(-1, 1)
+    m = {"degraded input (shown)": _quality(view, x)}
+    for run in ("baseline", "corrected"):
+        r = res[run]
+        m[run] = {**_quality(r.images, x), "consistency": float(r.consistency.mean()),
+                  "nfe_per_image": r.nfe_per_image, "seconds": round(r.seconds, 3), "method": res["methods"][run]}
+    return m
+
+
+def metrics_markdown(req: RestoreRequest, m: dict) -> str:
+    b, c = m["baseline"], m["corrected"]
+    d = m["degraded input (shown)"]
+    head = f"| | degraded input | baseline: {NAMES[b['method']]} | corrected: {NAMES[c['method']]} |"
+    lines = [head, "|---|---|---|---|",
+             f"| PSNR (dB) ↑ | {d['psnr']:.2f} | {b['psnr']:.2f} | {c['psnr']:.2f} |",
+             f"| SSIM ↑ | {_fmt(d['ssim'], '.4f')} | {_fmt(b['ssim'], '.4f')} | {_fmt(c['ssim'], '.4f')} |",
+             f"| consistency \\|\\|A x − y\\|\\| ↓ | – | {b['consistency']:.2e} | {c['consistency']:.2e} |",
+             f"| NFE / image | – | {b['nfe_per_image']:g} | {c['nfe_per_image']:g} |",
+             f"| seconds | – | {b['seconds']:.1f} | {c['seconds']:.1f} |"]
+    settings = ", ".join(f"{k} {v}" for k, v in req.settings.items())
+    desc = (f"{TABS[req.tab][1]}" + (f" ({settings})" if settings else "") + f", measurement noise σ_y = {req.sigma_y:g}, "
+            f"{req.steps} steps, seed {req.seed}. PSNR/SSIM against the reference (your image at the model's resolution).")
+    if req.note:
+        desc += f" Input: {req.note}."
+    return "\n".join([desc, "", *lines])
+
+
+def restore_outputs(model, req: RestoreRequest, x, op, res: dict) -> dict:
+    m = metrics(req, x, op, res)
+    labels = {run: f"{run} ({res['methods'][run]})" for run in ("baseline", "corrected")}
+    recs = {labels[run]: res[run].records for run in ("baseline", "corrected")}
+    view = op.view(res["y"]).clamp(-1, 1)
+    native = {"reference": to_pil(x)[0], "degraded": to_pil(view)[0],
+              f"baseline_{res['methods']['baseline']}": to_pil(res["baseline"].images)[0],
+              f"corrected_{res['methods']['corrected']}": to_pil(res["corrected"].images)[0]}
+    meta = {"tab": req.tab, "model": model.name, "request": {"task": req.task, "settings": req.settings,
+            "sigma_y": req.sigma_y, "steps": req.steps, "seed": req.seed, "input_note": req.note},
+            "metrics": m, "traces": {run: res[run].trace(per_image=True) for run in ("baseline", "corrected")}}
+    return {"reference": _show(model, x), "degraded": _show(model, view),
+            "baseline": _show(model, res["baseline"].images), "corrected": _show(model, res["corrected"].images),
+            "metrics": metrics_markdown(req, m), "sigma": sigma_frame(recs), "eps": eps_frame(recs),
+            "consistency": consistency_frame(recs),
+            "bundle": write_bundle(req.tab, native, meta), "meta": meta}
+
+
+def editor_value(model, image) -> dict | None:
+    """The drawing canvas for an image: the reference at model resolution, upscaled to ~256 px."""
+    size = model_size(model)
+    x, _ = load_reference(image, size)
+    big = to_pil(x)[0]
+    f = max(1, EDITOR_SIDE // size)
+    big = big.resize((size * f, size * f), 0)
+    return {"background": big, "layers": [], "composite": big}

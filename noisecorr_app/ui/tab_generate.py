@@ -1,0 +1,82 @@
+"""The Generate tab's widgets and its endpoint (api_name "generate")."""
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from ..sampling.samplers import SAMPLERS
+from .common import GPU
+from .generate import MAX_IMAGES, MAX_STEPS, NAG_METHODS, default_nag_weight, generate_outputs, needs_exclusive, \
+    parse_generate, preview, run_generate
+from .plots import EPS_Y, SIGMA_Y
+from .state import ANY_CLASS, class_choices, correction_choices, default_correction
+from .wiring import SAMPLING, run_streamed, session_model, user_error
+
+
+def sigma_plot(label="Noise level per step: scheduled vs estimated (log10 sigma)"):
+    return gr.LinePlot(pd.DataFrame({"step": [], SIGMA_Y: [], "series": []}), x="step", y=SIGMA_Y, color="series",
+                       label=label, x_title="step", y_title="log10 sigma", height=260)
+
+
+def eps_plot(label="||eps|| / sqrt(n) per step (1 = the network sees the level it was told)"):
+    return gr.LinePlot(pd.DataFrame({"step": [], EPS_Y: [], "series": []}), x="step", y=EPS_Y, color="series",
+                       label=label, x_title="step", y_title="||eps||/sqrt(n)", height=260)
+
+
+def build(store, model_key, model, concurrency: int) -> dict:
+    """The tab's widgets under the current gr.Tab; returns those the model picker updates."""
+    ok, _ = correction_choices(model)
+    first = default_correction(ok)
+    with gr.Row():
+        with gr.Column(scale=1, min_width=260):
+            cls = gr.Dropdown(class_choices(model), value=ANY_CLASS, label="Class", allow_custom_value=True)
+            sampler = gr.Dropdown(list(SAMPLERS), value="ddim", label="Sampler")
+            steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps")
+            seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+            n = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
+            correction = gr.Dropdown(ok, value=first, label="Correction to compare with the baseline",
+                                     allow_custom_value=True)
+            nag_w = gr.Slider(0, 20, value=default_nag_weight(first or "nag"), step=0.1, label="NAG weight w",
+                              visible=first in NAG_METHODS)
+            cfg = gr.Slider(1, 10, value=1, step=0.1, label="CFG scale (1 = off; needs a class)")
+            lam = gr.Slider(0.98, 1.02, value=1.005, step=0.001, label="Epsilon-scaling lambda",
+                            visible=first == "es")
+            go = gr.Button("Generate", variant="primary")
+        with gr.Column(scale=2):
+            slider = gr.ImageSlider(label="baseline | corrected (drag)", format="png", type="pil")
+            with gr.Row():
+                base = gr.Image(label="Baseline", format="png", type="pil", elem_id="gen-baseline")
+                fixed = gr.Image(label="Corrected", format="png", type="pil", elem_id="gen-corrected")
+            metrics = gr.Markdown(elem_id="gen-metrics")
+            with gr.Row():
+                sig = sigma_plot()
+                eps = eps_plot()
+            bundle = gr.File(label="Download: images (PNG) and the run's settings and traces (zip)")
+
+    def show_weights(method):
+        return (gr.update(visible=method in NAG_METHODS, value=default_nag_weight(method or "nag")),
+                gr.update(visible=method == "es"))
+
+    correction.change(show_weights, correction, [nag_w, lam], api_visibility="private", queue=False)
+
+    @GPU
+    def generate(key, class_name, sampler_name, n_steps, seed_value, n_images, method, nag_weight, cfg_scale,
+                 es_lambda, progress=gr.Progress()):
+        model = session_model(store, key)
+        try:
+            req = parse_generate(model, class_name, sampler_name, n_steps, seed_value, n_images, method,
+                                 nag_weight, cfg_scale, es_lambda)
+        except ValueError as e:
+            raise user_error(e) from None
+        with store.run_lock(model).hold(needs_exclusive(req.method)):
+            runs = yield from run_streamed(
+                run_generate, (model, req), 2 * req.steps, progress, "sampling",
+                lambda run, rec: {base if run == "baseline" else fixed: preview(model, rec.x0)})
+        out = generate_outputs(model, req, runs)
+        yield (out["baseline"], out["corrected"]), out["baseline"], out["corrected"], out["metrics"], \
+            out["sigma"], out["eps"], out["bundle"]
+
+    go.click(generate, [model_key, cls, sampler, steps, seed, n, correction, nag_w, cfg, lam],
+             [slider, base, fixed, metrics, sig, eps, bundle], api_name="generate",
+             concurrency_id=SAMPLING, concurrency_limit=concurrency)
+    return {"class": cls, "correction": correction}

@@ -1,0 +1,129 @@
+"""One restoration tab (super-resolution, inpainting, deblur, colorize, compressive sensing): its
+widgets and its endpoint, named after the tab (api_name "super_resolution", ...)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from .common import GPU
+from .plots import CONSISTENCY_Y
+from .restore import EDITOR_SIDE, MAX_STEPS, TABS, editor_value, needs_exclusive_restore, parse_restore, preview, \
+    restore_outputs, run_restore
+from .state import restoration_plan
+from .tab_generate import eps_plot, sigma_plot
+from .wiring import SAMPLING, run_streamed, session_model, user_error
+
+EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.png"))
+
+
+def _settings_widgets(tab: str) -> dict:
+    """The task's own settings, by the keyword parse_restore takes them under."""
+    if tab == "super_resolution":
+        return {"factor": gr.Radio([2, 4, 8], value=4, label="Factor (block average)")}
+    if tab == "deblur":
+        return {"blur_sigma": gr.Slider(0.5, 5, value=2.0, step=0.1, label="Blur sigma (pixels)")}
+    if tab == "compressive_sensing":
+        return {"cs_ratio": gr.Slider(0.05, 1, value=0.25, step=0.05, label="Measured fraction of coefficients")}
+    if tab == "inpainting":
+        return {"mask": gr.Radio(["box", "random", "half", "drawn"], value="box",
+                                 label="Mask: a preset, or 'drawn' (paint on the image below)")}
+    return {}
+
+
+def build(store, model_key, model, concurrency: int, tab: str) -> dict:
+    """The tab's widgets under the current gr.Tab; returns those the model picker updates."""
+    _, title, what = TABS[tab]
+    _, plan = restoration_plan(model)
+    gr.Markdown(what)
+    plan_md = gr.Markdown(plan)
+    with gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            image = gr.Image(type="filepath", label="Image (upload, or pick an example below)",
+                             sources=["upload", "clipboard"], height=220, elem_id=f"{tab}-input")
+            gr.Examples([[str(p)] for p in EXAMPLES], inputs=[image], label="Examples",
+                        example_labels=[p.stem.replace("_", " ") for p in EXAMPLES], examples_per_page=12)
+            settings = _settings_widgets(tab)
+            drawing = None
+            if tab == "inpainting":
+                drawing = gr.ImageEditor(type="pil", image_mode="RGBA", sources=[], layers=False, transforms=(),
+                                         brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=16),
+                                         canvas_size=(EDITOR_SIDE, EDITOR_SIDE), format="png",
+                                         label="Paint the pixels to fill in (used when the mask is 'drawn')")
+            sigma_y = gr.Slider(0, 0.2, value=0.0, step=0.01, label="Measurement noise sigma_y ([0, 1] pixel units)")
+            steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps (network evaluations per method)")
+            seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+            go = gr.Button("Restore", variant="primary")
+        with gr.Column(scale=2):
+            with gr.Row():
+                ref = gr.Image(label="Reference (model resolution)", format="png", type="pil")
+                degraded = gr.Image(label="Degraded input", format="png", type="pil", elem_id=f"{tab}-degraded")
+            slider = gr.ImageSlider(label="baseline | corrected (drag)", format="png", type="pil")
+            with gr.Row():
+                base = gr.Image(label="Baseline", format="png", type="pil", elem_id=f"{tab}-baseline")
+                fixed = gr.Image(label="Corrected", format="png", type="pil", elem_id=f"{tab}-corrected")
+            metrics = gr.Markdown()
+            with gr.Row():
+                sig = sigma_plot()
+                eps = eps_plot()
+            cons = gr.LinePlot(pd.DataFrame({"step": [], CONSISTENCY_Y: [], "series": []}), x="step",
+                               y=CONSISTENCY_Y, color="series", height=220, x_title="step",
+                               y_title="log10 ||A x0 - y||", label="Measurement consistency of each step's x0")
+            bundle = gr.File(label="Download: images (PNG) and the run's settings and traces (zip)")
+
+    names = list(settings)
+
+    def run(key, img, *values, progress):
+        model = session_model(store, key)
+        n = len(names)
+        kw = dict(zip(names, values[:n]))
+        if drawing is not None:
+            kw["drawing"] = values[n]
+            n += 1
+        sy, n_steps, seed_value = values[n:n + 3]
+        try:
+            req, x, op = parse_restore(model, tab, img, sy, n_steps, seed_value, **kw)
+        except ValueError as e:
+            raise user_error(e) from None
+        with store.run_lock(model).hold(needs_exclusive_restore(model)):
+            res = yield from run_streamed(
+                run_restore, (model, req, x, op), 2 * req.steps, progress, "restoring",
+                lambda r, rec: {base if r == "baseline" else fixed: preview(model, rec.x0)})
+        out = restore_outputs(model, req, x, op, res)
+        yield out["reference"], out["degraded"], (out["baseline"], out["corrected"]), out["baseline"], \
+            out["corrected"], out["metrics"], out["sigma"], out["eps"], out["consistency"], out["bundle"]
+
+    # one explicit signature per tab: Gradio reads the parameters to name the API's arguments
+    if tab == "super_resolution":
+        def handler(key, image, factor, sigma_y, steps, seed, progress=gr.Progress()):
+            yield from run(key, image, factor, sigma_y, steps, seed, progress=progress)
+    elif tab == "deblur":
+        def handler(key, image, blur_sigma, sigma_y, steps, seed, progress=gr.Progress()):
+            yield from run(key, image, blur_sigma, sigma_y, steps, seed, progress=progress)
+    elif tab == "compressive_sensing":
+        def handler(key, image, cs_ratio, sigma_y, steps, seed, progress=gr.Progress()):
+            yield from run(key, image, cs_ratio, sigma_y, steps, seed, progress=progress)
+    elif tab == "inpainting":
+        def handler(key, image, mask, drawing, sigma_y, steps, seed, progress=gr.Progress()):
+            yield from run(key, image, mask, drawing, sigma_y, steps, seed, progress=progress)
+    else:
+        def handler(key, image, sigma_y, steps, seed, progress=gr.Progress()):
+            yield from run(key, image, sigma_y, steps, seed, progress=progress)
+
+    inputs = [model_key, image, *settings.values(), *([drawing] if drawing is not None else []), sigma_y, steps, seed]
+    go.click(GPU(handler), inputs, [ref, degraded, slider, base, fixed, metrics, sig, eps, cons, bundle],
+             api_name=tab, concurrency_id=SAMPLING, concurrency_limit=concurrency)
+
+    if drawing is not None:
+        def fill_editor(key, img):
+            if not img:
+                return None
+            try:
+                return editor_value(session_model(store, key), img)
+            except ValueError as e:
+                gr.Warning(str(e))
+                return None
+
+        image.change(fill_editor, [model_key, image], drawing, api_visibility="private")
+    return {"plan": plan_md}

@@ -1,0 +1,69 @@
+"""Gradio glue shared by the tabs: the session's model, errors as gr.Error, streaming a run with a
+progress bar and throttled previews. The logic itself lives in the Gradio-free modules."""
+from __future__ import annotations
+
+import logging
+
+import gradio as gr
+
+from ..models.loading import ModelLoadError
+from .common import Throttle, stream
+from .state import DEFAULT_KEY, ModelStore
+
+log = logging.getLogger("noisecorr_app.ui")
+SAMPLING = "sampling"          # one concurrency group for every tab that runs the network
+
+
+def hub_message(key: str, err: Exception) -> str:
+    """A loading error as a web user should read it: this server has no Hub access, not 'connect'."""
+    msg = str(err)
+    if "cannot be reached" in msg or "Could not download" in msg:
+        return (f"The Hugging Face Hub cannot be reached from this server (no network), and '{key}' is not in "
+                f"its local cache, so it cannot be loaded here. The app keeps using the model it had.")
+    return msg
+
+
+def session_model(store: ModelStore, key):
+    """The session's model, or gr.Error with the loading message."""
+    try:
+        return store.get(key or DEFAULT_KEY)
+    except (ModelLoadError, ValueError) as e:
+        raise gr.Error(hub_message(key, e), print_exception=False) from None
+
+
+def user_error(err: Exception) -> gr.Error:
+    """A run's failure as a message: ValueErrors are written for users; anything else is logged
+    with its traceback and shown by type and text."""
+    if isinstance(err, gr.Error):
+        return err
+    if isinstance(err, ValueError):
+        return gr.Error(str(err), print_exception=False)
+    log.exception("run failed")
+    return gr.Error(f"The run failed ({type(err).__name__}: {str(err)[:300]}).")
+
+
+def run_streamed(fn, args, total: int, progress, desc: str, on_preview):
+    """Run ``fn(*args, on_event=...)`` (events: (run, StepRecord)) in a worker thread; advance the
+    progress bar each step and yield ``on_preview(run, record)`` at throttled moments. The
+    generator's return value is fn's result."""
+    throttle, done = Throttle(), 0
+    gen = stream(fn, *args)
+    progress((0, total), desc=desc)
+    try:
+        while True:
+            try:
+                run, rec = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            done += 1
+            progress((done, total), desc=f"{run}: step {done if run == 'baseline' else done - total // 2}"
+                                         f"/{total // 2}")
+            last = rec.sigma_next == 0
+            if throttle.due(last):
+                yield on_preview(run, rec)
+    except gr.Error:
+        raise
+    except Exception as e:
+        raise user_error(e) from None
+    finally:
+        gen.close()
