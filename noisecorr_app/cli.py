@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -158,6 +159,25 @@ def _evaluate_speed(a):
     for r in rows:
         print(f"{r['sampler']:8} {r['nfe_per_step']:8.2f} {r['ms_per_step']:9.1f} {r['network_ms_per_step']:9.1f} "
               f"{r['overhead_pct']:8.2f}%")
+    if a.json:
+        for r in rows:
+            r["seconds_per_image"] = r["ms_per_step"] * r["steps"] / 1000 / r["batch"]
+        doc = {"kind": "speed", "model": model.name, "threads": torch.get_num_threads(), "rows": rows}
+        Path(a.json).write_text(json.dumps(doc, indent=1))
+
+
+def _card(a):
+    from .training.card import metrics_from_reports, write_denoiser_card
+
+    folder = Path(a.folder)
+    if not (folder / "training" / "state.json").exists():
+        raise UserError(f"{folder} holds no training record (training/state.json): train it first")
+    try:
+        metrics = metrics_from_reports(a.reports)
+    except (OSError, KeyError, json.JSONDecodeError) as e:
+        raise UserError(f"could not read the reports: {e}") from None
+    write_denoiser_card(folder, a.command, metrics, samples=not a.no_samples)
+    print(f"wrote {folder / 'README.md'} ({len(metrics)} measured rows)")
 
 
 def _load_classifier(folder, device):
@@ -459,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--steps", type=int, default=20)
     es.add_argument("--batch", type=int, default=1)
     es.add_argument("--threads", type=int, default=None)
+    es.add_argument("--json", default=None, help="also write the rows to this JSON file (for `card`)")
     es.set_defaults(func=_evaluate_speed)
 
     from .extras.classifier import DEFAULT_CLASSIFIER
@@ -522,6 +543,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint-minutes", type=float, default=15.0, help="also scores the test split each time")
     c.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     c.set_defaults(func=_train_classifier)
+    cd = sub.add_parser("card", help="(re)write a trained denoiser's model card from its records and evaluation reports")
+    cd.add_argument("--folder", default="weights/noisecorr-ddpm-cifar10")
+    cd.add_argument("--command", required=True, help="the exact training command, as the card should show it")
+    cd.add_argument("reports", nargs="*", help="`evaluate fid --json` / `evaluate speed --json` files")
+    cd.add_argument("--no-samples", action="store_true", help="keep the sample grid as it is (it takes a minute)")
+    cd.set_defaults(func=_card)
     _add_extra_commands(sub, tsub, esub)
     return p
 
@@ -586,6 +613,64 @@ def _add_extra_commands(sub, tsub, esub):
     ee.add_argument("--n", type=int, default=512, help="noised images per decade")
     ee.add_argument("--json", default=None)
     ee.set_defaults(func=_evaluate_estimator)
+
+    from .evaluation.commands import generation_command, restoration_command
+    from .extras.classifier import DEFAULT_CLASSIFIER
+    from .methods import METHODS as GEN_METHODS
+    from .sampling.schedules import SCHEDULES
+
+    def benchmark_output(p, name):
+        p.add_argument("--json", default=f"runs/{name}.json",
+                       help="results, written after every cell; a rerun with the same file resumes")
+        p.add_argument("--fresh", action="store_true", help="start --json over instead of resuming")
+        p.add_argument("--markdown", default=None, help="also write the table, with its command, here")
+        p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+
+    g = esub.add_parser("generation", help="benchmark: samplers x steps x methods -> FID-C10, KID, noise shift, "
+                                           "NFE, seconds per image (resumable)")
+    _model_args(g)
+    g.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated")
+    g.add_argument("--steps", default="10,20,50", help="comma-separated step counts")
+    g.add_argument("--methods", default=",".join(GEN_METHODS),
+                   help="comma-separated; those the model cannot run are skipped and listed in the JSON")
+    g.add_argument("--n", type=int, default=1000, help="images per cell (the same seeds in every cell)")
+    g.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    g.add_argument("--class", dest="class_", default=None, help="class index or name (reference: that class's "
+                                                                "train images); 'any' for unconditional")
+    g.add_argument("--per-class", action="store_true", help="n/classes samples of each class")
+    g.add_argument("--schedule", choices=list(SCHEDULES), default="model")
+    g.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
+    g.add_argument("--nag-scale", type=float, default=None, help="NAG weight (default 3)")
+    g.add_argument("--nag-est-scale", type=float, default=None, help="estimator-based NAG weight (default 10)")
+    g.add_argument("--es-lambda", type=float, default=None, help="epsilon-scaling factor (default 1.005)")
+    g.add_argument("--nlc-mode", choices=["reuse", "official"], default="reuse")
+    g.add_argument("--batch-size", type=int, default=50)
+    g.add_argument("--feature-batch-size", type=int, default=500)
+    g.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER), help="FID-C10 classifier folder")
+    g.add_argument("--data", default=str(default_cifar10()), help="CIFAR-10 folder or tarball (reference: train/)")
+    g.add_argument("--kid-subsets", type=int, default=100)
+    g.add_argument("--kid-subset-size", type=int, default=1000)
+    g.add_argument("--plots", default=None, help="folder for fid_vs_steps.png and noise_shift_<sampler>_<steps>.png")
+    benchmark_output(g, "evaluate-generation")
+    g.set_defaults(func=generation_command, parser=g)
+
+    rb = esub.add_parser("restoration", help="benchmark: tasks x sigma_y x methods -> PSNR, SSIM, consistency, "
+                                             "NFE, seconds per image (resumable)")
+    _model_args(rb)
+    rb.add_argument("--tasks", default="sr4,inpaint,deblur,colorize,cs", help="comma-separated")
+    rb.add_argument("--methods", default=",".join(RESTORE_METHODS), help="comma-separated")
+    rb.add_argument("--sigma-y", default="0,0.05", help="comma-separated measurement noise levels in [0, 0.2]")
+    rb.add_argument("--images", default=None, help="folder of images (default: random CIFAR-10 test images)")
+    rb.add_argument("--data", default=str(default_cifar10()), help="CIFAR-10 tarball or folder, used without --images")
+    rb.add_argument("--n", type=int, default=200, help="images")
+    rb.add_argument("--steps", type=int, default=100, help="network-evaluation budget per image")
+    rb.add_argument("--seed", type=int, default=0)
+    rb.add_argument("--batch-size", type=int, default=20)
+    rb.add_argument("--mask-kind", default="box", choices=["box", "random", "half"])
+    rb.add_argument("--blur-sigma", type=float, default=3.0)
+    rb.add_argument("--cs-ratio", type=float, default=0.25)
+    benchmark_output(rb, "evaluate-restoration")
+    rb.set_defaults(func=restoration_command, parser=rb)
 
 
 def main(argv: list[str] | None = None) -> int:

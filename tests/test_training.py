@@ -42,6 +42,15 @@ def test_train_denoiser_runs_and_resumes(tmp_path, image_folder, monkeypatch):
     model = load_model(out, device="cpu")
     assert model.num_classes == 2 and model.supports_null_label and model.supports_null_noise
     assert model.class_names == ["cat", "dog"]
+    # its card: the records, a measured speed report, the loss curve and a sample grid
+    speed = tmp_path / "speed.json"
+    assert main(["evaluate", "speed", "--model", str(out), "--samplers", "ddim", "--steps", "3", "--json", str(speed)]) == 0
+    assert main(["card", "--folder", str(out), "--command", "train denoiser (test)", str(speed)]) == 0
+    card = (out / "README.md").read_text()
+    assert "| steps so far | 4 at batch 4" in card and "train denoiser (test)" in card
+    assert "CPU seconds per image, ddim 3 steps, batch 1" in card
+    assert (out / "loss_curve.png").exists() and Image.open(out / "samples_per_class.png").size == (8 * 32, 2 * 32)
+    assert main(["card", "--folder", str(out), "--command", "x", str(out / "noisecorr.json")]) == 2   # not a report
 
 
 def test_train_estimator_runs_and_resumes_without_its_ema_file(tmp_path, image_folder, monkeypatch):

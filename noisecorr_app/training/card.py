@@ -118,6 +118,32 @@ DDIM, 50 steps, seeds 0-7, one row per class (same seeds in every row), upscaled
     return text
 
 
+def metrics_from_reports(paths) -> dict[str, str]:
+    """Card rows from ``evaluate fid --json`` and ``evaluate speed --json`` reports."""
+    rows = {}
+    for path in paths:
+        doc = json.loads(Path(path).read_text())
+        if doc.get("metric") == "FID-C10":
+            s = doc["samples"]
+            if s["kind"].startswith("floor"):
+                what = f"floor: {s['n']:,} CIFAR-10 test images vs {doc['reference']['n']:,} train images"
+            else:
+                cls = s.get("class")
+                what = (f"{s['n']:,} samples, {s['sampler']} {s['steps']} steps"
+                        + ("" if s.get("method") in (None, "none") else f", {s['method']}")
+                        + (", unconditional" if cls is None else f", class {cls}"))
+            rows[f"FID-C10 / KID-C10, {what}"] = f"{doc['fid_c10']:.3f} / {doc['kid_c10_mean']:.5f}"
+            if "accuracy" in doc:
+                rows[f"classifier accuracy on {what}"] = f"{doc['accuracy']:.3f} (chance 0.100)"
+        elif doc.get("kind") == "speed":
+            for r in doc["rows"]:
+                rows[f"CPU seconds per image, {r['sampler']} {r['steps']} steps, batch {r['batch']}"
+                     f" ({doc.get('threads', '?')} threads)"] = f"{r['seconds_per_image']:.3f}"
+        else:
+            raise ValueError(f"{path}: not an `evaluate fid --json` or `evaluate speed --json` report")
+    return rows
+
+
 def write_extra_card(folder: Path, title: str, what: str, command: str, results_md: str):
     """A card for a small network trained beside a denoiser (estimator, NLC, classifier)."""
     folder = Path(folder)
