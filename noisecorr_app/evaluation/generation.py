@@ -1,0 +1,141 @@
+"""The generation benchmark: every sampler x step count x method -> FID-C10, KID-C10, noise shift,
+NFE and seconds per image, written cell by cell to a resumable JSON file (``results.ResultsFile``).
+
+Comparability: every cell draws image i from seed + i with the same labels, so methods differ only
+in what they do, not in their starting noise. The noise-shift figure is the README's (mean over steps
+of ``|log(sigma_est / sigma_scheduled)|``), with the median taken over all n images of the cell, not
+per batch (``trace.noise_shift`` on records merged across batches). The estimator readings behind it
+are a measurement, not part of a method, so their time is taken out of ``seconds_per_image`` (except
+for ``nag-est``, whose guidance uses the estimator's gradient, which stays in).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from ..images import to_uint8
+from ..methods import available, load_estimator_for, setup
+from ..sampling.run import sample
+from ..sampling.trace import noise_shift
+from .metrics import extract_features, fid, kid
+from .results import ResultsFile, finite_or_none
+
+KEY = ("sampler", "steps", "method")
+
+
+class TimedEstimator:
+    """Passes everything to the estimator and adds up the time its ``estimate`` (trace readings) takes."""
+
+    def __init__(self, estimator):
+        self.estimator, self.seconds = estimator, 0.0
+
+    def __getattr__(self, name):
+        return getattr(self.estimator, name)
+
+    def estimate(self, x):
+        t = time.perf_counter()
+        out = self.estimator.estimate(x)
+        self.seconds += time.perf_counter() - t
+        return out
+
+
+@dataclass
+class Reference:
+    """What samples are scored against: train-split statistics and features (KID) of one class or all."""
+    stats: object
+    features: np.ndarray
+
+
+def merge_batches(batches: list[list]) -> list:
+    """Per-step records of several batches -> one record per step with per-image tensors concatenated."""
+    merged = []
+    for recs in zip(*batches):
+        extras = {k: torch.cat([r.extras[k] for r in recs]) for k, v in recs[0].extras.items() if torch.is_tensor(v)}
+        merged.append(replace(recs[0], sigma_used=torch.cat([r.sigma_used for r in recs]),
+                              eps_norm=torch.cat([r.eps_norm for r in recs]), extras=extras))
+    return merged
+
+
+def per_step(records) -> dict:
+    """Plain lists for the per-step plot: scheduled sigma, the estimator's median reading, the level used
+    and ||eps||/sqrt(n) (batch means)."""
+    est = [float(r.extras["sigma_est"].float().median()) if "sigma_est" in r.extras else None for r in records]
+    return {"sigma_scheduled": [r.sigma for r in records], "sigma_est": est,
+            "sigma_used": [float(r.sigma_used.float().mean()) for r in records],
+            "eps_norm": [float(r.eps_norm.float().mean()) for r in records]}
+
+
+def run_cell(model, method: str, params: dict, *, sampler: str, steps: int, n: int, seed: int, batch_size: int,
+             labels: list[int] | None, schedule: str = "model", eta: float = 0.0, progress=None) -> dict:
+    """Sample one cell in batches; returns uint8 images, merged records, NFE and seconds per image."""
+    ms = setup(method, model, **params)
+    options = dict(ms.options)
+    trace_est = load_estimator_for(model)
+    est = TimedEstimator(options.get("estimator") or trace_est) if (options.get("estimator") or trace_est) else None
+    if est is not None:
+        options["estimator"] = est
+    images, batches, seconds, nfe = [], [], 0.0, None
+    for start in range(0, n, batch_size):
+        k = min(batch_size, n - start)
+        res = sample(model, sampler=sampler, steps=steps, n=k, seeds=[seed + start + i for i in range(k)],
+                     labels=None if labels is None else labels[start:start + k], schedule=schedule,
+                     correction=ms.correction, progress=(lambda r: progress(k)) if progress else None, **options,
+                     **({"eta": eta} if sampler == "ddim" else {}))
+        images.append(to_uint8(res.images))       # 8 bits, as the reference images are
+        batches.append(res.records)
+        seconds += res.seconds
+        nfe = res.nfe_per_image
+    if est is not None:
+        seconds -= est.seconds
+    return {"images": np.concatenate(images), "records": merge_batches(batches), "nfe": nfe,
+            "seconds_per_image": seconds / n}
+
+
+def score(classifier, images: np.ndarray, ref: Reference, kid_subsets: int, kid_subset_size: int, seed: int,
+          feature_batch_size: int = 500) -> dict:
+    feats = extract_features(classifier, images, feature_batch_size, progress=False)
+    mean, std = kid(feats, ref.features, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
+    return {"fid": fid(feats, ref.stats), "kid": mean, "kid_std": std}
+
+
+def evaluate_generation(model, classifier, ref: Reference, table: ResultsFile, *, samplers: list[str],
+                        steps: list[int], methods: list[str], n: int, seed: int = 0, batch_size: int = 50,
+                        labels: list[int] | None = None, schedule: str = "model", eta: float = 0.0,
+                        params: dict | None = None, kid_subsets: int = 100, kid_subset_size: int = 1000,
+                        log=print) -> list[dict]:
+    """Fill ``table`` with every (sampler, steps, method) cell not already in it; returns this grid's rows.
+    Methods the model cannot run are recorded in ``table.doc['skipped']`` and reported through ``log``."""
+    from tqdm import tqdm
+
+    params = params or {}
+    can = available(model)
+    for m in methods:
+        if not can[m]:
+            reason = f"{model.name} has no trained weights or support for '{m}'"
+            table.skip(m, reason)
+            log(f"skipping {m}: {reason}")
+    runnable = [m for m in methods if can[m]]
+    cells = [(s, k, m) for s in samplers for k in steps for m in runnable]
+    todo = [c for c in cells if not table.done(sampler=c[0], steps=c[1], method=c[2])]
+    if len(todo) < len(cells):
+        log(f"resuming {table.path}: {len(cells) - len(todo)} of {len(cells)} cells already done")
+    table.save()
+    with tqdm(total=len(todo), desc="cells", unit="cell") as outer:
+        for sampler, k, method in todo:
+            outer.set_postfix_str(f"{sampler} {k} steps {method}")
+            with tqdm(total=n * k, desc=f"  {sampler} {k} {method}", unit="img-step", leave=False) as bar:
+                cell = run_cell(model, method, params, sampler=sampler, steps=k, n=n, seed=seed,
+                                batch_size=batch_size, labels=labels, schedule=schedule, eta=eta, progress=bar.update)
+            scores = score(classifier, cell["images"], ref, kid_subsets, kid_subset_size, seed)
+            table.add({"sampler": sampler, "steps": k, "method": method, "n": n,
+                       "fid": finite_or_none(scores["fid"]), "kid": finite_or_none(scores["kid"]),
+                       "kid_std": finite_or_none(scores["kid_std"]),
+                       "noise_shift": finite_or_none(noise_shift(cell["records"])),
+                       "nfe": cell["nfe"], "seconds_per_image": round(cell["seconds_per_image"], 5),
+                       "per_step": per_step(cell["records"]), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            outer.update(1)
+    keys = {c for c in cells}
+    return [r for r in table.rows if (r["sampler"], r["steps"], r["method"]) in keys]
