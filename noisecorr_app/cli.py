@@ -176,7 +176,7 @@ def _card(a):
         metrics = metrics_from_reports(a.reports)
     except (OSError, KeyError, json.JSONDecodeError) as e:
         raise UserError(f"could not read the reports: {e}") from None
-    write_denoiser_card(folder, a.command, metrics, samples=not a.no_samples)
+    write_denoiser_card(folder, a.command, metrics, samples=not a.no_samples, note=a.note)
     print(f"wrote {folder / 'README.md'} ({len(metrics)} measured rows)")
 
 
@@ -548,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--command", required=True, help="the exact training command, as the card should show it")
     cd.add_argument("reports", nargs="*", help="`evaluate fid --json` / `evaluate speed --json` files")
     cd.add_argument("--no-samples", action="store_true", help="keep the sample grid as it is (it takes a minute)")
+    cd.add_argument("--note", default="", help="a paragraph for the top of the card (the model's state, caveats)")
     cd.set_defaults(func=_card)
     _add_extra_commands(sub, tsub, esub)
     return p

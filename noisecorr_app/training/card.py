@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import csv
 import json
-import platform
 from pathlib import Path
 
 import torch
+
+from .loop import hardware
 
 
 def loss_curve(log_csv: Path, out_png: Path, title: str, smooth: int = 50):
@@ -51,13 +52,8 @@ def class_grid(model, out_png: Path, per_class: int = 8, steps: int = 50, sample
     grid(images, cols=per_class, scale=2).save(out_png)
 
 
-def hardware() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
-def write_denoiser_card(folder: Path, command: str, metrics: dict | None = None, samples: bool = True):
+def write_denoiser_card(folder: Path, command: str, metrics: dict | None = None, samples: bool = True,
+                        note: str = ""):
     from ..models.loading import load_model
 
     folder = Path(folder)
@@ -76,7 +72,7 @@ def write_denoiser_card(folder: Path, command: str, metrics: dict | None = None,
 
 A class-conditional DDPM-type `UNet2DModel` ({n_params / 1e6:.2f}M parameters, 32x32) trained by this
 project's own script on CIFAR-10. It is small enough to sample interactively on a CPU.
-
+{note and chr(10) + note + chr(10)}
 | | |
 | --- | --- |
 | data | CIFAR-10 train split: 50,000 images (JPEG re-encodes, quality 75, of the originals; `../shared/data/cifar10`, provenance in its README), random horizontal flips |
@@ -86,7 +82,7 @@ project's own script on CIFAR-10. It is small enough to sample interactively on 
 | noise-condition dropout | {info.get('p_noise_drop')}: the timestep is replaced by the sentinel {info.get('null_timestep')} (classifier-free NAG) |
 | command | `{command}` |
 | steps so far | {state['step']:,} at batch {cfg['extra'].get('batch_size')} (AdamW lr {cfg['lr']}, warm-up {cfg['warmup']}, grad clip {cfg['grad_clip']}) |
-| training time | {state['seconds'] / 3600:.2f} h of compute, last run on {state['device']} ({hardware()}), precision {state['precision']} |
+| training time | {state['seconds'] / 3600:.2f} h of compute, last run on {state['device']} ({state.get('hardware') or hardware()}), precision {state['precision']} |
 | weights | EMA (decay ramping to {cfg['ema_decay']}), fp16 safetensors in `unet/`; `training/params.safetensors` holds the raw weights for resuming |
 
 Loading needs no custom code: `UNet2DModel.from_pretrained(folder, subfolder="unet")`; the null
@@ -158,7 +154,7 @@ def write_extra_card(folder: Path, title: str, what: str, command: str, results_
 | --- | --- |
 | command | `{command}` |
 | steps so far | {state['step']:,} at batch {cfg['extra'].get('batch_size')} (AdamW lr {cfg['lr']}, EMA {cfg['ema_decay']}) |
-| training time | {state['seconds'] / 3600:.2f} h of compute on {state['device']} ({hardware()}) |
+| training time | {state['seconds'] / 3600:.2f} h of compute on {state['device']} ({state.get('hardware') or hardware()}) |
 | weights | `model.safetensors` (EMA, fp32) + `config.json`; `training/` resumes the run |
 
 ## Results

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import platform
 import math
 import signal
 import time
@@ -58,6 +59,13 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if device.type == "cuda" or cpu_has_fast_bf16():
         return torch.bfloat16
     return None
+
+
+def hardware() -> str:
+    """What the run is on, for the model card (recorded while training, not when writing the card)."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 class EMA:
@@ -136,7 +144,7 @@ class Trainer:
         for name in ("params", "ema", "optimizer"):
             (self.dir / f"{name}.safetensors.tmp").replace(self.dir / f"{name}.safetensors")
         state = {"step": self.step, "optimizer_step": self.step, "seconds": round(self.seconds, 1),
-                 "device": str(self.device), "precision": str(self.amp or "fp32"), "config": asdict(self.cfg)}
+                 "device": str(self.device), "hardware": hardware(), "precision": str(self.amp or "fp32"), "config": asdict(self.cfg)}
         (self.dir / "state.json").write_text(json.dumps(state, indent=2))
         if self.on_checkpoint:
             self.on_checkpoint(self)
