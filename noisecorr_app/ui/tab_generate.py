@@ -30,7 +30,7 @@ def build(store, model_key, model, concurrency: int) -> dict:
     with gr.Row():
         with gr.Column(scale=1, min_width=260):
             cls = gr.Dropdown(class_choices(model), value=ANY_CLASS, label="Class", allow_custom_value=True)
-            sampler = gr.Dropdown(list(SAMPLERS), value="ddim", label="Sampler")
+            sampler = gr.Dropdown(list(SAMPLERS), value="ddim", label="Sampler", allow_custom_value=True)
             steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps")
             seed = gr.Number(0, precision=0, minimum=0, label="Seed")
             n = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
