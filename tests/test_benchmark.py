@@ -78,12 +78,12 @@ class Counter:
         monkeypatch.setattr(module, "run_cell", counted)
 
 
-def generation_args(model, data, clf, tmp_path, methods="none,nag,nlc,nlc-lut,self,es", extra=()):
+def generation_args(model, data, clf, tmp_path, methods="none,nag,nlc,nlc-lut,self,es", extra=(), plots=True):
     return ["evaluate", "generation", "--model", str(model), "--device", "cpu", "--threads", "1",
             "--samplers", "ddim,edm", "--steps", "2,3", "--methods", methods, "--n", "4", "--batch-size", "3",
             "--classifier", str(clf), "--data", str(data), "--kid-subsets", "2",
             "--json", str(tmp_path / "gen.json"), "--markdown", str(tmp_path / "gen.md"),
-            "--plots", str(tmp_path / "plots"), *extra]
+            *(["--plots", str(tmp_path / "plots")] if plots else []), *extra]
 
 
 def test_generation_benchmark_rows_resume_and_outputs(equipped_model, fid_setup, tmp_path, monkeypatch, capsys, one_thread):
@@ -125,22 +125,25 @@ def test_generation_benchmark_rows_resume_and_outputs(equipped_model, fid_setup,
     assert main(args) == 0
     assert counter.calls == [] and json.loads((tmp_path / "gen.json").read_text())["rows"] == rows
     # one more method: only its cells run
-    assert main(generation_args(equipped_model, data, clf, tmp_path, methods="none,nag,nlc,nlc-lut,self,es,ts")) == 0
+    assert main(generation_args(equipped_model, data, clf, tmp_path, methods="none,nag,nlc,nlc-lut,self,es,ts",
+                                 plots=False)) == 0
     assert counter.calls == ["ts"] * 4
     assert len(json.loads((tmp_path / "gen.json").read_text())["rows"]) == 24
     # other settings: refused (rows would not be comparable), unless started over
     capsys.readouterr()
-    assert main(generation_args(equipped_model, data, clf, tmp_path, extra=("--seed", "5"))) == 2
+    assert main(generation_args(equipped_model, data, clf, tmp_path, extra=("--seed", "5"), plots=False)) == 2
     assert "other settings" in capsys.readouterr().err
     counter.calls.clear()
-    assert main(generation_args(equipped_model, data, clf, tmp_path, methods="none", extra=("--seed", "5", "--fresh"))) == 0
+    assert main(generation_args(equipped_model, data, clf, tmp_path, methods="none", extra=("--seed", "5", "--fresh"),
+                                 plots=False)) == 0
     assert len(counter.calls) == 4 and len(json.loads((tmp_path / "gen.json").read_text())["rows"]) == 4
 
 
 def test_generation_cells_share_seeds(equipped_model, fid_setup, tmp_path, one_thread):
     """Epsilon scaling with lambda = 1 is the plain sampler: with the same seeds, every number agrees."""
     data, clf = fid_setup
-    args = generation_args(equipped_model, data, clf, tmp_path, methods="none,es", extra=("--es-lambda", "1.0"))
+    args = generation_args(equipped_model, data, clf, tmp_path, methods="none,es", extra=("--es-lambda", "1.0"),
+                           plots=False)
     args[args.index("--samplers") + 1], args[args.index("--steps") + 1] = "ddim", "3"
     assert main(args) == 0
     none, es = json.loads((tmp_path / "gen.json").read_text())["rows"]

@@ -85,30 +85,31 @@ def generation_command(a):
         raise UserError(f"no CIFAR-10 data at {data}: pass --data with the CIFAR-10 folder or tarball")
     clf = _load_classifier(a.classifier, a.device)
     model = _load(a)
-    labels, ref_label, class_spec = None, None, None
+    labels, class_spec = None, None
     if a.per_class:
         if not getattr(model, "num_classes", None):
             raise UserError(f"{model.name} is unconditional: --per-class needs a class-conditional model")
         labels, class_spec = [i % model.num_classes for i in range(a.n)], "per-class"
-    label = None if a.per_class else _class_index(model, a.class_)      # resolved before the long part
+    label = None if a.per_class else _class_index(model, a.class_)
+    if label is not None:
+        labels, class_spec = [label] * a.n, model.class_names[label] if model.class_names else label
+    params = {"nag_scale": a.nag_scale, "nag_est_scale": a.nag_est_scale, "es_lambda": a.es_lambda,
+              "nlc_mode": a.nlc_mode}
+    settings = {"model": model.name, "weights": weights_fingerprint(model), "classifier": clf.fingerprint,
+                "reference": f"{data}:train", "n": a.n, "seed": a.seed, "class": class_spec, "schedule": a.schedule,
+                "eta": a.eta, "method_params": params, "batch_size": a.batch_size, "device": str(model.device),
+                "kid_subsets": a.kid_subsets, "kid_subset_size": a.kid_subset_size}
+    command = command_line(a.parser, a)
+    # opened before the long part, so that a file of other settings is refused at once
+    table = _open_table(a, KEY, settings, {"benchmark": "generation", "command": command, "model": model.name,
+                                           "note": METRIC_NOTE})
     ref = reference_features(clf, data, split="train", batch_size=a.feature_batch_size)
+    feats = ref.features
     if label is not None:       # one class: scored against that class's train images, as `evaluate fid`
         to_ref = _class_map(model.class_names, ref.class_names, model.num_classes, len(ref.class_names))
         if to_ref is None:
             raise UserError(f"cannot match {model.name}'s classes with the reference data's classes")
-        labels, ref_label = [label] * a.n, int(to_ref[label])
-        class_spec = model.class_names[label] if model.class_names else label
-    feats = ref.features if ref_label is None else ref.features[ref.labels == ref_label]
-    params = {"nag_scale": a.nag_scale, "nag_est_scale": a.nag_est_scale, "es_lambda": a.es_lambda,
-              "nlc_mode": a.nlc_mode}
-    settings = {"model": model.name, "weights": weights_fingerprint(model), "classifier": clf.fingerprint,
-                "reference": f"{data}:train" + (f" class {ref.class_names[ref_label]}" if ref_label is not None else ""),
-                "n": a.n, "seed": a.seed, "class": class_spec, "schedule": a.schedule, "eta": a.eta,
-                "method_params": params, "batch_size": a.batch_size, "device": str(model.device),
-                "kid_subsets": a.kid_subsets, "kid_subset_size": a.kid_subset_size}
-    command = command_line(a.parser, a)
-    table = _open_table(a, KEY, settings, {"benchmark": "generation", "command": command, "model": model.name,
-                                           "note": METRIC_NOTE})
+        feats = ref.features[ref.labels == int(to_ref[label])]
     rows = evaluate_generation(model, clf, Reference(feature_stats(feats), np.asarray(feats)), table,
                                samplers=samplers, steps=steps, methods=methods, n=a.n, seed=a.seed,
                                batch_size=a.batch_size, labels=labels, schedule=a.schedule, eta=a.eta,

@@ -73,10 +73,8 @@ def run_cell(model, method: str, params: dict, *, sampler: str, steps: int, n: i
     """Sample one cell in batches; returns uint8 images, merged records, NFE and seconds per image."""
     ms = setup(method, model, **params)
     options = dict(ms.options)
-    trace_est = load_estimator_for(model)
-    est = TimedEstimator(options.get("estimator") or trace_est) if (options.get("estimator") or trace_est) else None
-    if est is not None:
-        options["estimator"] = est
+    found = options.get("estimator") or load_estimator_for(model)     # nag-est's own, else for the trace
+    est = options["estimator"] = TimedEstimator(found) if found is not None else None
     images, batches, seconds, nfe = [], [], 0.0, None
     for start in range(0, n, batch_size):
         k = min(batch_size, n - start)

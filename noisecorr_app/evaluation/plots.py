@@ -18,7 +18,8 @@ def plot_fid_vs_steps(rows: list[dict], path: str | Path) -> Path:
     plt = _pyplot()
     samplers = list(dict.fromkeys(r["sampler"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, axes = plt.subplots(1, len(samplers), figsize=(4.2 * len(samplers), 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(samplers), figsize=(max(6.0, 4.2 * len(samplers)), 3.8), squeeze=False,
+                             sharey=True)
     for ax, s in zip(axes[0], samplers):
         for m in methods:
             pts = sorted((r["steps"], r["fid"]) for r in rows if r["sampler"] == s and r["method"] == m
@@ -33,8 +34,8 @@ def plot_fid_vs_steps(rows: list[dict], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("FID-C10 (lower is better)")
     axes[0][-1].legend(fontsize=8)
-    fig.suptitle(f"FID-C10 against steps (n = {rows[0]['n']} per point; not comparable with Inception FID)",
-                 fontsize=9)
+    fig.suptitle(f"FID-C10 against steps, n = {rows[0]['n']} per point\n(our classifier's features: "
+                 f"not comparable with Inception FID)", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
