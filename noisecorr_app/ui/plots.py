@@ -54,3 +54,4 @@ def consistency_frame(runs: dict) -> pd.DataFrame:
     rows = [(r.step, _log10(_median(r.extras["consistency"])), label)
             for label, recs in runs.items() for r in recs if "consistency" in r.extras]
     return pd.DataFrame(rows, columns=["step", CONSISTENCY_Y, "series"])
+

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gradio as gr
-import pandas as pd
 
 from ..sampling.samplers import SAMPLERS
 from .common import GPU
@@ -13,14 +12,16 @@ from .state import ANY_CLASS, class_choices, correction_choices, default_correct
 from .wiring import SAMPLING, run_streamed, session_model, user_error
 
 
+# Plots start with no value: one that starts as an empty DataFrame draws no lines when a result
+# arrives (Gradio 6.31 in chromium: axes but invisible lines and no legend).
 def sigma_plot(label="Noise level per step: scheduled vs estimated (log10 sigma)"):
-    return gr.LinePlot(pd.DataFrame({"step": [], SIGMA_Y: [], "series": []}), x="step", y=SIGMA_Y, color="series",
-                       label=label, x_title="step", y_title="log10 sigma", height=260)
+    return gr.LinePlot(None, x="step", y=SIGMA_Y, color="series",
+                       label=label, x_title="step", y_title="log10 sigma")
 
 
 def eps_plot(label="||eps|| / sqrt(n) per step (1 = the network sees the level it was told)"):
-    return gr.LinePlot(pd.DataFrame({"step": [], EPS_Y: [], "series": []}), x="step", y=EPS_Y, color="series",
-                       label=label, x_title="step", y_title="||eps||/sqrt(n)", height=260)
+    return gr.LinePlot(None, x="step", y=EPS_Y, color="series",
+                       label=label, x_title="step", y_title="||eps||/sqrt(n)")
 
 
 def build(store, model_key, model, concurrency: int) -> dict:
@@ -48,9 +49,8 @@ def build(store, model_key, model, concurrency: int) -> dict:
                 base = gr.Image(label="Baseline", format="png", type="pil", elem_id="gen-baseline")
                 fixed = gr.Image(label="Corrected", format="png", type="pil", elem_id="gen-corrected")
             metrics = gr.Markdown(elem_id="gen-metrics")
-            with gr.Row():
-                sig = sigma_plot()
-                eps = eps_plot()
+            sig = sigma_plot()        # full width: side by side, Vega clipped the plots to nothing
+            eps = eps_plot()
             bundle = gr.File(label="Download: images (PNG) and the run's settings and traces (zip)")
 
     def show_weights(method):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 
 from .common import GPU
 from .plots import CONSISTENCY_Y
@@ -63,12 +62,11 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
             with gr.Row():
                 base = gr.Image(label="Baseline", format="png", type="pil", elem_id=f"{tab}-baseline")
                 fixed = gr.Image(label="Corrected", format="png", type="pil", elem_id=f"{tab}-corrected")
-            metrics = gr.Markdown()
-            with gr.Row():
-                sig = sigma_plot()
-                eps = eps_plot()
-            cons = gr.LinePlot(pd.DataFrame({"step": [], CONSISTENCY_Y: [], "series": []}), x="step",
-                               y=CONSISTENCY_Y, color="series", height=220, x_title="step",
+            metrics = gr.Markdown(elem_id=f"{tab}-metrics")
+            sig = sigma_plot()        # full width: side by side, Vega clipped the plots to nothing
+            eps = eps_plot()
+            cons = gr.LinePlot(None, x="step",
+                               y=CONSISTENCY_Y, color="series", x_title="step",
                                y_title="log10 ||A x0 - y||", label="Measurement consistency of each step's x0")
             bundle = gr.File(label="Download: images (PNG) and the run's settings and traces (zip)")
 

@@ -1,0 +1,81 @@
+"""The app in a real browser (Playwright driving Debian's chromium): the page opens, all six tabs
+show, Generate and Super-resolution run from their buttons, both result images and the
+noise-level plot render, and no script error happens on the page. A screenshot is saved."""
+import os
+from pathlib import Path
+
+import pytest
+from conftest import save_tiny_model
+
+CHROMIUM = "/usr/bin/chromium"
+TAB_TITLES = ["Generate", "Super-resolution", "Inpainting", "Deblur", "Colorize", "Compressive sensing"]
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason=f"no browser: {CHROMIUM} is missing (apt-get install chromium; .ci/run does)")
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    from noisecorr_app.ui.app import build_demo, launch
+
+    folder = save_tiny_model(tmp_path_factory.mktemp("browser") / "model", num_class_embeds=4,
+                             extra={"num_classes": 3, "null_class": 3, "null_timestep": 10000,
+                                    "class_names": ["a", "b", "c"]})
+    demo = build_demo(str(folder), device="cpu")
+    launch(demo, prevent_thread_lock=True, server_port=None, quiet=True)
+    yield demo.local_url
+    demo.close()
+
+
+def _loaded_image(page, elem_id: str):
+    """The natural width of the <img> inside a gr.Image once it has loaded (0 = broken). The
+    element is looked up afresh on every poll: streamed previews replace it while a run goes on."""
+    js = f"""() => {{ const el = document.querySelector('#{elem_id} img');
+                      return el && el.complete && el.naturalWidth > 0 ? el.naturalWidth : 0; }}"""
+    return page.wait_for_function(js, timeout=60_000).json_value()
+
+
+def test_browser_runs_generate_and_a_restoration(url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.set_default_timeout(60_000)       # a loaded 2-core machine renders slowly
+            page.goto(url, wait_until="load", timeout=120_000)
+            expect(page.get_by_role("tab", name="Generate")).to_be_visible(timeout=120_000)
+            for title in TAB_TITLES:              # every tab opens and shows its run button
+                page.get_by_role("tab", name=title).click()
+            page.get_by_role("tab", name="Generate").click()
+            page.get_by_role("button", name="Generate", exact=True).click()
+            expect(page.locator("#gen-metrics")).to_contain_text("NFE/image", timeout=90_000)   # the final result
+            widths = [_loaded_image(page, "gen-baseline"), _loaded_image(page, "gen-corrected")]
+            # 4 images of 8 px shown 16x side by side: 512 px wide, the same for both runs
+            assert widths == [4 * 8 * 16] * 2
+            # the plot is drawn by Vega into a canvas or svg inside the plot block
+            plot = page.locator(".vega-embed").first
+            plot.wait_for(state="visible", timeout=60_000)
+            assert plot.locator("canvas, svg").count() > 0
+            # lines with a legend per series: a plot whose encoding broke shows bare axes and no legend
+            expect(plot.locator(".mark-line path").first).to_be_attached(timeout=30_000)
+            expect(plot.locator(".role-legend").first).to_be_attached(timeout=30_000)
+
+            page.get_by_role("tab", name="Super-resolution").click()
+            # pick the cat from the tab's examples (each tab has its own copy of the list)
+            page.get_by_text("cifar10 cat", exact=True).locator("visible=true").first.click()
+            expect(page.locator("#super_resolution-input img").first).to_be_visible(timeout=30_000)
+            page.get_by_role("button", name="Restore", exact=True).locator("visible=true").first.click()
+            expect(page.locator("#super_resolution-metrics")).to_contain_text("PSNR", timeout=90_000)
+            widths = [_loaded_image(page, f"super_resolution-{k}") for k in ("degraded", "baseline", "corrected")]
+            assert widths == [256, 256, 256]
+            shot = tmp_path / "app.png"
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"screenshot: {shot}")
+            assert Path(shot).stat().st_size > 10_000
+        finally:
+            browser.close()
+    assert not errors, f"script errors on the page: {errors}"
