@@ -145,6 +145,8 @@ def write_extra_card(folder: Path, title: str, what: str, command: str, results_
     folder = Path(folder)
     state = json.loads((folder / "training" / "state.json").read_text())
     cfg = state["config"]
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    exported = {"raw": "raw weights: they scored higher than the EMA"}.get(config.get("weights"), "EMA")
     loss_curve(folder / "training" / "loss_log.csv", folder / "loss_curve.png", f"{folder.name}: training loss")
     text = f"""# {title}
 
@@ -155,7 +157,7 @@ def write_extra_card(folder: Path, title: str, what: str, command: str, results_
 | command | `{command}` |
 | steps so far | {state['step']:,} at batch {cfg['extra'].get('batch_size')} (AdamW lr {cfg['lr']}, EMA {cfg['ema_decay']}) |
 | training time | {state['seconds'] / 3600:.2f} h of compute on {state['device']} ({state.get('hardware') or hardware()}) |
-| weights | `model.safetensors` (EMA, fp32) + `config.json`; `training/` resumes the run |
+| weights | `model.safetensors` ({exported}, fp32) + `config.json`; `training/` resumes the run |
 
 ## Results
 {results_md}
