@@ -32,8 +32,11 @@ Decisions where the papers are silent (ours; documented here and in ``settings``
 - Clipping: the network's x0 is clipped to [-1, 1] *before* the projection (the official order,
   ``x0 = clip(x - sigma eps)`` then ``P_C``), never after it: clipping a projected estimate would
   undo ``A x0p = y`` (e.g. a block mean in super-resolution). ``clip=False`` turns it off. The
-  returned images are clamped to [-1, 1], and consistency is always measured on those clamped
-  images (the official code measures ``||A clamp(x0) - y||`` too).
+  returned images are in [-1, 1], and consistency is always measured on the returned images (the
+  official code measures ``||A clamp(x0) - y||`` too). With exact measurements (sigma_y = 0) the
+  returned images are brought onto ``{A x = y}`` within the pixel range by alternating projections
+  (``Operator.project_box``; every method): a plain clamp left residuals of 5e-3 to 8e-2, this
+  leaves < 1e-3 (measured on CIFAR-10 at 20 steps). With noise nothing is forced onto the noisy y.
 - Noisy measurements ``y = A x + n``: ``sigma_y`` is the noise std in [0, 1] pixel units (DDRM/DDNM
   convention), i.e. ``2 sigma_y`` in the model's [-1, 1] space (``model_noise``); supported range
   [0, 0.2], anything else raises ValueError. Handling is DDNM+'s lambda rule with one scalar per
@@ -57,7 +60,10 @@ Decisions where the papers are silent (ours; documented here and in ``settings``
 - Keeping "the most consistent x0" (iterproj): the score of a step is ``|c - delta|`` with ``c``
   the consistency of its (clamped) x0 and ``delta = 2 sigma_y sqrt(m)`` the expected norm of the
   measurement noise (m measured values): with ``sigma_y = 0`` this is the official "smallest
-  residual", with noise it is the discrepancy principle (fitting the noise is not better). A later
+  residual", with noise it is the discrepancy principle (fitting the noise is not better), among
+  the steps below the noise crossover only (lambda < 1): above it the projection pins x0 to the
+  noisy y, and an early, still blurry x0 can match delta by chance (measured before this rule, at
+  sigma_y = 0.05 and 20 steps: steps 2-5 of 20 were kept and PSNR fell to ~10 dB). A later
   step replaces the kept one unless it is worse than the best seen by more than
   ``1e-3 * sqrt(m)`` (an eighth of a grey level RMS): with an exact projection every step is
   consistent to round-off, and the float noise must not select an early, blurry x0. The official
@@ -400,6 +406,8 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
         lam = h["lambda"] if h else torch.full_like(c.cpu(), float("nan"))
         rec.extras.update(consistency=c.detach().cpu(), consistency_before=before, **{"lambda": lam})
         score = (c - delta).abs()
+        if delta > 0:   # with noise, only x0s made below the noise crossover (lambda < 1) compete
+            score = torch.where(lam.to(score.device) < 1, score, torch.full_like(score, math.inf))
         if best is None or not keep_best:
             best, best_score = out, score
             kept = torch.full((n,), rec.step, dtype=torch.long)
@@ -416,7 +424,8 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
                         "consistency_before": float(before.float().mean()), "lambda": float(lam.float().mean()),
                         "nfe": rec.nfe})
 
-    images = best
+    # Exact measurements: end on {A x = y} *and* in the pixel range (the clamp alone breaks A x = y).
+    images = operator.project_box(best, proj.measurement(best)) if sigma_y == 0 and clip else best
     consistency = operator.consistency(images, proj.measurement(images)).float().cpu()
     settings = {"method": method, "sampler": sampler, "steps": steps, "main_steps": steps - tail, "tail_steps": tail,
                 "eta": float(eta) if sampler == "ddim" else None, "seed": seed, "n": n, "sigma_y": sigma_y,

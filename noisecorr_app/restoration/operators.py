@@ -68,6 +68,22 @@ class Operator:
         """Closest point to x (in L2) with A x = y: replace x's range-space part by A^+ y."""
         return x - self.pinv(self.A(x) - y)
 
+    def project_box(self, x: torch.Tensor, y: torch.Tensor, lo: float = -1.0, hi: float = 1.0,
+                    iters: int = 300, tol: float = 1e-5) -> torch.Tensor:
+        """A point with A x = y *and* pixels in [lo, hi], near x: alternating projections (POCS)
+        onto the two convex sets, ending with the clamp so the result is a valid image. A plain
+        clamp after ``project`` would undo A x = y wherever the projection left the pixel range.
+        Stops when every image's RMS residual per measured value is below ``tol`` (in float64:
+        the residual must fall below float32 round-off of y itself)."""
+        out = x.double().clamp(lo, hi)
+        yd = y.double()
+        for _ in range(iters):
+            r = self.A(out) - yd
+            if float(r.flatten(1).pow(2).mean(1).sqrt().max()) < tol:
+                break
+            out = (out - self.pinv(r)).clamp(lo, hi)
+        return out.to(x.dtype)
+
     def consistency(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """||A x - y|| per image, shape (B,)."""
         return (self.A(x) - y).flatten(1).norm(dim=1)

@@ -153,20 +153,41 @@ class OracleLevel(LevelCorrection):
 
 
 class SelfEstimate(LevelCorrection):
-    """Training-free: the network's own ``||eps(x, sigma)|| / sqrt(n)`` as 1 + r.
+    """Training-free: the network's own ``||eps|| / sqrt(n)`` as the level ratio 1 + r.
 
-    On schedule the predicted eps has unit RMS; a state carrying extra noise makes it larger. It
-    needs no extra weights, so it works for any model. By default the direction it already
-    computed is reused (one network call per step); ``reevaluate=True`` calls the network again
-    at the corrected level."""
+    On schedule the predicted eps has unit RMS; a state carrying extra noise makes it larger
+    (at high sigma, ``||eps(x, s)||/sqrt(n) ~ sigma_actual / s``). It needs no extra weights, so it
+    works for any model. Two modes:
+
+    - ``reevaluate=True`` (2 NFE per step): measure r at the scheduled level, call the network
+      again at ``sigma (1 + r)`` (the official NLC recipe with r from the eps norm).
+    - default, lagged (1 NFE per step): step k samples at the level measured at step k-1, and the
+      call it makes measures the level for step k+1: ``1 + r_k = (sigma_hat_k / sigma_k) ||eps_k||/sqrt(n)``.
+      Why not reuse the eps just computed: normalising it and scaling sigma by the same factor
+      cancels exactly in DDIM (``x0 = x - sigma_hat eps/|eps|`` = ``x - sigma eps``), a no-op.
+    """
     name = "self"
 
     def __init__(self, reevaluate: bool = False, **kw):
         super().__init__(reevaluate=reevaluate, **kw)
+        self._level = None        # (1 + r) per image, measured by the previous call
+
+    def reset(self, sigmas=None, sampler=None):
+        self._level = None
 
     def ratio(self, model, x, sigma, cond, step):
-        eps = model.eps(x, sigma, cond)
-        return rms(eps) - 1, eps
+        if self.reevaluate:
+            eps = model.eps(x, sigma, cond)
+            return rms(eps) - 1, eps
+        if self._level is None or self._level.shape != sigma.shape:
+            return torch.zeros_like(sigma)
+        return self._level.to(sigma) - 1
+
+    def predict(self, model, x, sigma, sigma_next, cond, step):
+        p = super().predict(model, x, sigma, sigma_next, cond, step)
+        if not self.reevaluate:
+            self._level = (p.sigma / sigma.clamp_min(1e-12)) * p.eps_norm
+        return p
 
 
 class NLCTable(LevelCorrection):
