@@ -30,13 +30,43 @@ def grid(images: list[Image.Image], cols: int | None = None, scale: int = 1) -> 
 
 
 MAX_PIXELS = 40_000_000       # refuse decompression bombs before decoding (a 10000x10000 image is 100M)
+# Pillow itself then refuses anything over 2 * MAX_PIXELS at open, wherever in this process a file is
+# opened (Gradio's own readers included): a small PNG can claim a size that would not fit in memory.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def open_image(source, what: str = "image") -> Image.Image:
+    """Open and decode an image file, or ValueError with a message for the user: a missing file,
+    not an image, truncated, or over ``MAX_PIXELS`` (checked on the header, before decoding).
+    ``what`` names the file in the messages ("image", "mask")."""
+    from PIL import UnidentifiedImageError
+
+    unreadable = f"the {'' if what == 'image' else what + ' '}file is not an image Pillow can read, or it is truncated"
+    too_large = f"the {what} is too large (over {MAX_PIXELS:,} pixels)"
+    try:
+        img = Image.open(source)
+    except FileNotFoundError:
+        raise ValueError(f"no {what} file at {source}") from None
+    except Image.DecompressionBombError:
+        raise ValueError(too_large) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise ValueError(unreadable) from None
+    if img.width * img.height > MAX_PIXELS:
+        raise ValueError(f"the {what} is too large ({img.width}x{img.height}; at most {MAX_PIXELS:,} pixels)")
+    try:
+        img.load()
+    except Image.DecompressionBombError:
+        raise ValueError(too_large) from None
+    except (OSError, SyntaxError, ValueError):
+        raise ValueError(unreadable) from None
+    return img
 
 
 def prepare_image(source, size: int) -> tuple[torch.Tensor, str | None]:
     """A user's image (path, PIL image or array) -> (1, 3, size, size) in [-1, 1], plus a note saying
     what was done to it (None if nothing). EXIF rotation is applied, any mode (grayscale, palette,
     RGBA on white, 16-bit) becomes RGB, and a non-square image is centre-cropped before resizing."""
-    from PIL import ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
 
     if isinstance(source, np.ndarray):
         arr = source
@@ -47,16 +77,7 @@ def prepare_image(source, size: int) -> tuple[torch.Tensor, str | None]:
     elif isinstance(source, Image.Image):
         img = source
     else:
-        try:
-            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-            img = Image.open(source)
-            img.load()
-        except FileNotFoundError:
-            raise ValueError(f"no image file at {source}") from None
-        except Image.DecompressionBombError:
-            raise ValueError(f"the image is too large (over {MAX_PIXELS:,} pixels)") from None
-        except (UnidentifiedImageError, OSError, SyntaxError):
-            raise ValueError("the file is not an image Pillow can read, or it is truncated") from None
+        img = open_image(source)
     if img.width * img.height > MAX_PIXELS:
         raise ValueError(f"the image is too large ({img.width}x{img.height}; at most {MAX_PIXELS:,} pixels)")
     if img.width < 2 or img.height < 2:

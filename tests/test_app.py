@@ -179,7 +179,7 @@ def test_bad_input_is_a_message_and_the_server_keeps_serving(client, tmp_path):
         ((handle_file(str(CAT)), 4, 0.5, 4, 0), "/super_resolution", "sigma_y|maximum|0.2"),
         ((handle_file(str(big)), 4, 0.0, 4, 0), "/super_resolution", "too large|exceeds|pixels"),
         ((handle_file(str(not_image)), 4, 0.0, 4, 0), "/super_resolution", "image"),
-        (("b", "ddim", 0, 0, 2, "nag", 3.0, 1.0, 1.005), "/generate", "steps|minimum"),
+        (("b", "ddim", 0, 0, 2, "nag", 3.0, 1.0, 1.005), "/generate", "Steps must be a number from 1 to 200"),
         (("b", "euler-x", 4, 0, 2, "nag", 3.0, 1.0, 1.005), "/generate", "sampler"),
         (("zebra", "ddim", 4, 0, 2, "nag", 3.0, 1.0, 1.005), "/generate", "unknown class"),
         (("b", "ddim", 4, 0, 2, "nope", 3.0, 1.0, 1.005), "/generate", "unknown correction"),

@@ -8,7 +8,7 @@ import os
 import gradio as gr
 
 from ..models.loading import ModelLoadError
-from . import tab_generate, tab_restore
+from . import inputs as checked, tab_generate, tab_restore
 from .restore import TABS
 from .state import ANY_CLASS, DEFAULT_KEY, OTHER_KEY, ModelStore, class_choices, correction_choices, \
     default_correction, describe, picker_choices, resolve_choice, restoration_plan
@@ -46,7 +46,7 @@ def build_demo(model_source=None, device=None) -> gr.Blocks:
         model_key = gr.State(DEFAULT_KEY)
         with gr.Accordion("Model", open=model is None):
             with gr.Row():
-                choice = gr.Dropdown(picker_choices(store.default_label()), value=DEFAULT_KEY, label="Model",
+                choice = checked.Dropdown(picker_choices(store.default_label()), value=DEFAULT_KEY, label="Model",
                                      scale=3)
                 repo = gr.Textbox(label="Hub repo id (for 'Another Hub repo id')", placeholder="owner/name",
                                   scale=2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..sampling.samplers import SAMPLERS
+from . import inputs as checked
 from .common import GPU
 from .generate import MAX_IMAGES, MAX_STEPS, NAG_METHODS, default_nag_weight, generate_outputs, needs_exclusive, \
     parse_generate, preview, run_generate
@@ -30,17 +31,17 @@ def build(store, model_key, model, concurrency: int) -> dict:
     first = default_correction(ok)
     with gr.Row():
         with gr.Column(scale=1, min_width=260):
-            cls = gr.Dropdown(class_choices(model), value=ANY_CLASS, label="Class", allow_custom_value=True)
-            sampler = gr.Dropdown(list(SAMPLERS), value="ddim", label="Sampler", allow_custom_value=True)
-            steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps")
-            seed = gr.Number(0, precision=0, minimum=0, label="Seed")
-            n = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
-            correction = gr.Dropdown(ok, value=first, label="Correction to compare with the baseline",
+            cls = checked.Dropdown(class_choices(model), value=ANY_CLASS, label="Class", allow_custom_value=True)
+            sampler = checked.Dropdown(list(SAMPLERS), value="ddim", label="Sampler", allow_custom_value=True)
+            steps = checked.Slider(1, MAX_STEPS, value=20, step=1, label="Steps")
+            seed = checked.Number(0, precision=0, minimum=0, label="Seed")
+            n = checked.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
+            correction = checked.Dropdown(ok, value=first, label="Correction to compare with the baseline",
                                      allow_custom_value=True)
-            nag_w = gr.Slider(0, 20, value=default_nag_weight(first or "nag"), step=0.1, label="NAG weight w",
+            nag_w = checked.Slider(0, 20, value=default_nag_weight(first or "nag"), step=0.1, label="NAG weight w",
                               visible=first in NAG_METHODS)
-            cfg = gr.Slider(1, 10, value=1, step=0.1, label="CFG scale (1 = off; needs a class)")
-            lam = gr.Slider(0.98, 1.02, value=1.005, step=0.001, label="Epsilon-scaling lambda",
+            cfg = checked.Slider(1, 10, value=1, step=0.1, label="CFG scale (1 = off; needs a class)")
+            lam = checked.Slider(0.98, 1.02, value=1.005, step=0.001, label="Epsilon-scaling lambda",
                             visible=first == "es")
             go = gr.Button("Generate", variant="primary")
         with gr.Column(scale=2):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from . import inputs as checked
 from .common import GPU
 from .plots import CONSISTENCY_Y
 from .restore import EDITOR_SIDE, MAX_STEPS, TABS, editor_value, needs_exclusive_restore, parse_restore, preview, \
@@ -20,13 +21,13 @@ EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.png"))
 def _settings_widgets(tab: str) -> dict:
     """The task's own settings, by the keyword parse_restore takes them under."""
     if tab == "super_resolution":
-        return {"factor": gr.Radio([2, 4, 8], value=4, label="Factor (block average)")}
+        return {"factor": checked.Radio([2, 4, 8], value=4, label="Factor (block average)")}
     if tab == "deblur":
-        return {"blur_sigma": gr.Slider(0.5, 5, value=2.0, step=0.1, label="Blur sigma (pixels)")}
+        return {"blur_sigma": checked.Slider(0.5, 5, value=2.0, step=0.1, label="Blur sigma (pixels)")}
     if tab == "compressive_sensing":
-        return {"cs_ratio": gr.Slider(0.05, 1, value=0.25, step=0.05, label="Measured fraction of coefficients")}
+        return {"cs_ratio": checked.Slider(0.05, 1, value=0.25, step=0.05, label="Measured fraction of coefficients")}
     if tab == "inpainting":
-        return {"mask": gr.Radio(["box", "random", "half", "drawn"], value="box",
+        return {"mask": checked.Radio(["box", "random", "half", "drawn"], value="box",
                                  label="Mask: a preset, or 'drawn' (paint on the image below)")}
     return {}
 
@@ -39,20 +40,21 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
     plan_md = gr.Markdown(plan)
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
-            image = gr.Image(type="filepath", label="Image (upload, or pick an example below)",
+            image = checked.ImageFile(type="filepath", label="Image (upload, or pick an example below)",
                              sources=["upload", "clipboard"], height=220, elem_id=f"{tab}-input")
             gr.Examples([[str(p)] for p in EXAMPLES], inputs=[image], label="Examples",
                         example_labels=[p.stem.replace("_", " ") for p in EXAMPLES], examples_per_page=12)
             settings = _settings_widgets(tab)
             drawing = None
             if tab == "inpainting":
-                drawing = gr.ImageEditor(type="pil", image_mode="RGBA", sources=[], layers=False, transforms=(),
+                drawing = checked.ImageEditor(type="pil", image_mode="RGBA", sources=[], layers=False, transforms=(),
                                          brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=16),
                                          canvas_size=(EDITOR_SIDE, EDITOR_SIDE), format="png",
                                          label="Paint the pixels to fill in (used when the mask is 'drawn')")
-            sigma_y = gr.Slider(0, 0.2, value=0.0, step=0.01, label="Measurement noise sigma_y ([0, 1] pixel units)")
-            steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps (network evaluations per method)")
-            seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+                drawing.short_name = "Drawing"
+            sigma_y = checked.Slider(0, 0.2, value=0.0, step=0.01, label="Measurement noise sigma_y ([0, 1] pixel units)")
+            steps = checked.Slider(1, MAX_STEPS, value=20, step=1, label="Steps (network evaluations per method)")
+            seed = checked.Number(0, precision=0, minimum=0, label="Seed")
             go = gr.Button("Restore", variant="primary")
         with gr.Column(scale=2):
             with gr.Row():
