@@ -96,6 +96,27 @@ def _method_args(p):
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
 
 
+def _check_early(a):
+    """Settings that need no model, checked before anything is loaded: --steps, --batch-size and the
+    method's numbers (a NaN or an infinity is refused here, not after minutes of work)."""
+    from .methods import check_params
+    from .sampling.run import MAX_STEPS
+
+    steps = getattr(a, "steps", None)
+    if isinstance(steps, int) and not 1 <= steps <= MAX_STEPS:
+        raise UserError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {steps}")
+    for opt in ("batch_size", "batch"):
+        v = getattr(a, opt, None)
+        if v is not None and v < 1:
+            raise UserError(f"--{opt.replace('_', '-')} must be at least 1, got {v}")
+    try:
+        check_params(nag_scale=getattr(a, "nag_scale", None), nag_est_scale=getattr(a, "nag_est_scale", None),
+                     es_lambda=getattr(a, "es_lambda", None), cfg_scale=getattr(a, "cfg_scale", None),
+                     eta=getattr(a, "eta", None))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def _sample(a):
     import json
     from pathlib import Path
@@ -107,6 +128,7 @@ def _sample(a):
 
     if a.n < 1 or a.n > 10_000:
         raise UserError("--n must be between 1 and 10000")
+    _check_early(a)
     model = _load(a)
     label = _class_index(model, a.class_)
     method_kw = _method(a, model)
@@ -151,10 +173,17 @@ def _evaluate_speed(a):
 
     from .evaluation.speed import loop_overhead
 
+    from .sampling.samplers import SAMPLERS
+
     if a.threads:
         torch.set_num_threads(a.threads)
+    samplers = a.samplers.split(",")
+    unknown = [x for x in samplers if x not in SAMPLERS]
+    if unknown:
+        raise UserError(f"unknown sampler {', '.join(unknown)} (choose from {', '.join(SAMPLERS)})")
+    _check_early(a)
     model = _load(a)
-    rows = loop_overhead(model, samplers=a.samplers.split(","), steps=a.steps, batch=a.batch)
+    rows = loop_overhead(model, samplers=samplers, steps=a.steps, batch=a.batch)
     print(f"{'sampler':8} {'NFE/step':>8} {'ms/step':>9} {'net ms':>9} {'overhead':>9}")
     for r in rows:
         print(f"{r['sampler']:8} {r['nfe_per_step']:8.2f} {r['ms_per_step']:9.1f} {r['network_ms_per_step']:9.1f} "
@@ -225,6 +254,7 @@ def _evaluate_fid(a):
         torch.set_num_threads(a.threads)
     if a.n is not None and not 2 <= a.n <= 50_000:
         raise UserError("--n must be between 2 and 50000")
+    _check_early(a)
     data = Path(a.data)
     if not data.exists():
         raise UserError(f"no CIFAR-10 data at {data}: pass --data with the CIFAR-10 folder or tarball "
@@ -366,14 +396,14 @@ def _build_lut(a):
 
 
 def _restore(a):
-    import numpy as np
-    from PIL import Image
-
-    from .images import prepare_image, to_pil
+    from .images import open_image, prepare_image, to_pil
     from .restoration.methods import degrade, restore
     from .restoration.operators import make_operator
 
-
+    _check_early(a)
+    if a.mask and a.task != "inpaint":
+        raise UserError(f"--mask is for --task inpaint, not {a.task}")
+    mask = open_image(a.mask, "mask") if a.mask else None       # before the model: a bad file fails fast
     model = _load(a)
     size = model.sample_shape[-1]
     x, note = prepare_image(a.input, size)
@@ -381,7 +411,10 @@ def _restore(a):
         print(note)
     settings = {}
     if a.task == "inpaint":
-        settings["mask"] = np.asarray(Image.open(a.mask)) if a.mask else a.mask_kind
+        if mask is not None:
+            settings["drawing"] = mask          # white (or opaque) pixels are the missing ones
+        else:
+            settings["mask"] = a.mask_kind
     if a.task == "deblur":
         settings["sigma"] = a.blur_sigma
     if a.task == "cs":
@@ -598,7 +631,8 @@ def _add_extra_commands(sub, tsub, esub):
     r.add_argument("--correction", choices=["none", "es", "ts", "self"], default="none",
                    help="training-free correction inside iterproj")
     r.add_argument("--sigma-y", type=float, default=0.0, help="measurement noise in [0, 0.2] (0..1 pixel units)")
-    r.add_argument("--mask", default=None, help="inpainting: mask image (drawn pixels = missing)")
+    r.add_argument("--mask", default=None, help="inpainting: mask image; white (or, with transparency, opaque) "
+                                                "pixels are the missing ones")
     r.add_argument("--mask-kind", default="box", choices=["box", "random", "half"])
     r.add_argument("--blur-sigma", type=float, default=3.0)
     r.add_argument("--cs-ratio", type=float, default=0.25)

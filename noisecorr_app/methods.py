@@ -38,6 +38,24 @@ def available(model) -> dict[str, bool]:
             "es": True, "ts": hasattr(model, "alphas_cumprod"), "self": True}
 
 
+def check_params(nag_scale=None, nag_est_scale=None, es_lambda=None, cfg_scale=None, eta=None):
+    """The numeric settings of the methods (None = default), checked up front so that a NaN, an
+    infinity or an out-of-range value is refused before a model, a classifier or reference features
+    are loaded. The same limits as the code that uses them (Guided, EstimatorGuided, EpsScaling, DDIM)."""
+    import math
+
+    def finite(v):
+        return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+    for name, v in (("nag_scale", nag_scale), ("nag_est_scale", nag_est_scale), ("cfg_scale", cfg_scale)):
+        if v is not None and not (finite(v) and abs(v) < 100):
+            raise ValueError(f"{name} must be a finite number below 100, got {v}")
+    if es_lambda is not None and not (finite(es_lambda) and 0.5 < es_lambda < 2.0):
+        raise ValueError(f"epsilon-scaling factor must lie in (0.5, 2), got {es_lambda}")
+    if eta is not None and not (finite(eta) and 0 <= eta <= 1):
+        raise ValueError(f"DDIM's eta must be a number from 0 to 1, got {eta}")
+
+
 _cache: dict = {}
 
 

@@ -64,7 +64,7 @@ def generation_command(a):
     import numpy as np
 
     from ..cli import UserError, _class_index, _class_map, _load, _load_classifier
-    from ..methods import METHODS
+    from ..methods import METHODS, check_params
     from ..sampling.run import MAX_STEPS
     from ..sampling.samplers import SAMPLERS
     from .generation import KEY, Reference, evaluate_generation
@@ -76,6 +76,12 @@ def generation_command(a):
     samplers = _choices(a.samplers, "sampler", list(SAMPLERS))
     steps = _ints(a.steps, "--steps", 1, MAX_STEPS)
     methods = _choices(a.methods, "method", list(METHODS))
+    try:                        # a NaN weight is refused now, not after the reference features
+        check_params(nag_scale=a.nag_scale, nag_est_scale=a.nag_est_scale, es_lambda=a.es_lambda, eta=a.eta)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if a.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {a.batch_size}")
     if not 2 <= a.n <= 50_000:
         raise UserError("--n must be between 2 and 50000 (FID needs at least 2 images)")
     if a.per_class and a.class_ is not None:
@@ -149,6 +155,8 @@ def restoration_command(a):
         raise UserError("--n must be between 1 and 10000")
     if not 1 <= a.steps <= MAX_STEPS:
         raise UserError(f"--steps must be from 1 to {MAX_STEPS}")
+    if a.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {a.batch_size}")
     model = _load(a)
     if model.sample_shape[0] != 3:
         raise UserError(f"{model.name} makes {model.sample_shape[0]}-channel images: the benchmark needs an RGB model")

@@ -129,6 +129,7 @@ def load_model(source: str | Path | None = None, *, device: str | torch.device |
     from diffusers import DDPMScheduler, UNet2DModel
 
     name, folder = _resolve_source(source)
+    source_is_hub = folder is None
     if folder is None:
         folder = _download(name, revision, allow_pickle, _is_offline() if offline is None else offline, cache_dir)
         bound = cache_bound_from_env() if max_cache_bytes is None else max_cache_bytes
@@ -142,6 +143,10 @@ def load_model(source: str | Path | None = None, *, device: str | torch.device |
         raise ModelLoadError(f"'{name}' ({folder}) holds no diffusers UNet config (config.json or unet/config.json).{hint}")
     kind = _weights_kind(unet_dir)
     if kind == "none":
+        if source_is_hub:       # only safetensors are downloaded unless pickle was allowed
+            raise ModelLoadError(
+                f"Hub repo '{name}' has no safetensors weights ({SAFETENSORS[0]}). If it ships only a pickle "
+                f"checkpoint (.bin), load it only if you trust the source: pass --allow-pickle.")
         raise ModelLoadError(f"'{name}' has a config but no weights file ({SAFETENSORS[0]}) in {unet_dir}")
     if kind == "pickle" and not allow_pickle:
         raise ModelLoadError(

@@ -83,6 +83,11 @@ class EstimatorGuided:
     estimator: torch.nn.Module
     weight: float = 1.0
 
+    def __post_init__(self):
+        w = self.weight
+        if isinstance(w, bool) or not (isinstance(w, (int, float)) and abs(w) < 100 and w == w):
+            raise ValueError(f"nag_est_scale must be a finite number below 100, got {w}")
+
     def __getattr__(self, name):
         return getattr(self.model, name)
 

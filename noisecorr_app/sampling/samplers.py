@@ -62,6 +62,8 @@ def ddim(x, sigmas, predict: Predict, noise: Noise, eta: float = 0.0, eta_style:
     """
     if eta_style not in ("ddim", "ddnm"):
         raise ValueError("eta_style must be 'ddim' or 'ddnm'")
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
+        raise ValueError(f"DDIM's eta must be a number from 0 to 1, got {eta!r}")
     for i in range(len(sigmas) - 1):
         p = predict(x, *_levels(sigmas, i, x), i)
         s, sn = bcast(p.sigma, x), bcast(p.sigma_next, x)

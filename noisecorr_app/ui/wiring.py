@@ -20,6 +20,11 @@ def hub_message(key: str, err: Exception) -> str:
     if "cannot be reached" in msg or "Could not download" in msg:
         return (f"The Hugging Face Hub cannot be reached from this server (no network), and '{key}' is not in "
                 f"its local cache, so it cannot be loaded here. The app keeps using the model it had.")
+    if "only a pickle checkpoint" in msg or "no safetensors weights" in msg:
+        # the loader's advice (--allow-pickle) is for the command line: the web app never opens pickles
+        return (f"'{key}' has no safetensors weights (at most a pickle checkpoint, which can run code when "
+                f"opened): the web app loads only safetensors weights from a typed repo id. The app keeps "
+                f"using the model it had.")
     return msg
 
 
