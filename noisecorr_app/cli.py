@@ -376,16 +376,22 @@ def _train_nlc(a):
 def _build_lut(a):
     from tqdm import tqdm
 
+    from .evaluation.commands import _choices, _ints
     from .extras.nlc import load_level_net
     from .extras.nlc_table import build_table
+    from .sampling.run import MAX_STEPS
+    from .sampling.samplers import SAMPLERS
 
+    samplers = _choices(a.samplers, "sampler", list(SAMPLERS))      # before loading anything
+    steps = _ints(a.steps, "--steps", 1, MAX_STEPS)
+    if a.n < 1:
+        raise UserError(f"--n must be at least 1, got {a.n}")
     model = _load(a)
     nlc_dir = Path(a.nlc or Path(model.info["folder"]) / "nlc")
     try:
         net = load_level_net(nlc_dir, device=model.device)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
-    samplers, steps = a.samplers.split(","), [int(s) for s in a.steps.split(",")]
     labels = list(range(model.num_classes)) if model.num_classes else None
     with tqdm(total=len(samplers) * sum(steps) * a.n, desc="recording r on baseline runs", unit="img-step") as bar:
         table = build_table(model, net, samplers=samplers, steps=steps, n=a.n, seed=a.seed, labels=labels,
