@@ -17,6 +17,8 @@ SAMPLING = "sampling"          # one concurrency group for every tab that runs t
 def hub_message(key: str, err: Exception) -> str:
     """A loading error as a web user should read it: this server has no Hub access, not 'connect'."""
     msg = str(err)
+    if key in (None, "", DEFAULT_KEY):      # the server's own default: the operator's message as it is
+        return msg
     if "cannot be reached" in msg or "Could not download" in msg:
         return (f"The Hugging Face Hub cannot be reached from this server (no network), and '{key}' is not in "
                 f"its local cache, so it cannot be loaded here. The app keeps using the model it had.")
