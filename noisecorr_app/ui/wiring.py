@@ -27,6 +27,9 @@ def hub_message(key: str, err: Exception) -> str:
         return (f"'{key}' has no safetensors weights (at most a pickle checkpoint, which can run code when "
                 f"opened): the web app loads only safetensors weights from a typed repo id. The app keeps "
                 f"using the model it had.")
+    if "could not be read" in msg:          # without the server's cache paths
+        return (f"The weights of '{key}' could not be read: the downloaded file is corrupt or incomplete. "
+                f"The app keeps using the model it had.")
     return msg
 
 
