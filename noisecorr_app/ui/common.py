@@ -3,9 +3,11 @@ streaming a library call's per-step callback as a generator, the per-model run l
 optional ``spaces.GPU`` decorator."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
+import os
 import queue
 import threading
 import time
@@ -65,6 +67,30 @@ def _png_bytes(img) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def png_in_cache(img, cache_dir: str, name: str = "image") -> str:
+    """A PIL image as a PNG file at ``<cache_dir>/<sha256 of the PNG>/<name>.png``, written under a
+    temporary name and renamed into place, never rewritten once there; returns its path.
+
+    Given PIL images, Gradio 6.31 writes each to a path named by the hash of its bytes *in place*,
+    every time: two users getting the same picture (the same seeded request, an example image)
+    truncate the file while it is being sent to the other ("Too little data for declared
+    Content-Length", a broken download). A file already in Gradio's cache folder is served as it is."""
+    data = _png_bytes(img)
+    folder = Path(cache_dir) / hashlib.sha256(data).hexdigest()
+    path = folder / f"{name}.png"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(staging, path)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
+    return str(path)
 
 
 def write_bundle(prefix: str, images: dict, meta: dict) -> str:

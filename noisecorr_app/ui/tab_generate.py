@@ -10,7 +10,7 @@ from .generate import MAX_IMAGES, MAX_STEPS, NAG_METHODS, default_nag_weight, ge
     parse_generate, preview, run_generate
 from .plots import EPS_Y, SIGMA_Y
 from .state import ANY_CLASS, class_choices, correction_choices, default_correction
-from .wiring import SAMPLING, run_streamed, session_model, user_error
+from .wiring import SAMPLING, png, run_streamed, session_model, user_error
 
 
 # Plots start with no value: one that starts as an empty DataFrame draws no lines when a result
@@ -72,10 +72,10 @@ def build(store, model_key, model, concurrency: int) -> dict:
         with store.run_lock(model).hold(needs_exclusive(req.method)):
             runs = yield from run_streamed(
                 run_generate, (model, req), 2 * req.steps, progress, "sampling",
-                lambda run, rec: {base if run == "baseline" else fixed: preview(model, rec.x0)})
+                lambda run, rec: {base if run == "baseline" else fixed: png(preview(model, rec.x0), "preview")})
         out = generate_outputs(model, req, runs)
-        yield (out["baseline"], out["corrected"]), out["baseline"], out["corrected"], out["metrics"], \
-            out["sigma"], out["eps"], out["bundle"]
+        b, c = png(out["baseline"], "baseline"), png(out["corrected"], "corrected")
+        yield (b, c), b, c, out["metrics"], out["sigma"], out["eps"], out["bundle"]
 
     go.click(generate, [model_key, cls, sampler, steps, seed, n, correction, nag_w, cfg, lam],
              [slider, base, fixed, metrics, sig, eps, bundle], api_name="generate",

@@ -13,7 +13,7 @@ from .restore import EDITOR_SIDE, MAX_STEPS, TABS, editor_value, needs_exclusive
     restore_outputs, run_restore
 from .state import restoration_plan
 from .tab_generate import eps_plot, sigma_plot
-from .wiring import SAMPLING, run_streamed, session_model, user_error
+from .wiring import SAMPLING, png, run_streamed, session_model, user_error
 
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.png"))
 
@@ -89,10 +89,11 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
         with store.run_lock(model).hold(needs_exclusive_restore(model)):
             res = yield from run_streamed(
                 run_restore, (model, req, x, op), 2 * req.steps, progress, "restoring",
-                lambda r, rec: {base if r == "baseline" else fixed: preview(model, rec.x0)})
+                lambda r, rec: {base if r == "baseline" else fixed: png(preview(model, rec.x0), "preview")})
         out = restore_outputs(model, req, x, op, res)
-        yield out["reference"], out["degraded"], (out["baseline"], out["corrected"]), out["baseline"], \
-            out["corrected"], out["metrics"], out["sigma"], out["eps"], out["consistency"], out["bundle"]
+        b, c = png(out["baseline"], "baseline"), png(out["corrected"], "corrected")
+        yield png(out["reference"], "reference"), png(out["degraded"], "degraded"), (b, c), b, c, out["metrics"], \
+            out["sigma"], out["eps"], out["consistency"], out["bundle"]
 
     # one explicit signature per tab: Gradio reads the parameters to name the API's arguments
     if tab == "super_resolution":
@@ -120,7 +121,8 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
             if not img:
                 return None
             try:
-                return editor_value(session_model(store, key), img)
+                value = editor_value(session_model(store, key), img)
+                return {k: png(v, k) if k != "layers" else v for k, v in value.items()}
             except ValueError as e:
                 gr.Warning(str(e))
                 return None

@@ -7,7 +7,7 @@ import logging
 import gradio as gr
 
 from ..models.loading import ModelLoadError
-from .common import Throttle, stream
+from .common import Throttle, png_in_cache, stream
 from .state import DEFAULT_KEY, ModelStore
 
 log = logging.getLogger("noisecorr_app.ui")
@@ -31,6 +31,14 @@ def hub_message(key: str, err: Exception) -> str:
         return (f"The weights of '{key}' could not be read: the downloaded file is corrupt or incomplete. "
                 f"The app keeps using the model it had.")
     return msg
+
+
+def png(img, name: str = "image"):
+    """An image output as a PNG file in Gradio's cache, safe when users get identical pictures at
+    the same time (see ``common.png_in_cache``); None stays None."""
+    from gradio.utils import get_upload_folder
+
+    return None if img is None else png_in_cache(img, get_upload_folder(), name)
 
 
 def session_model(store: ModelStore, key):
