@@ -47,7 +47,7 @@ def build_demo(model_source=None, device=None) -> gr.Blocks:
         with gr.Accordion("Model", open=model is None):
             with gr.Row():
                 choice = checked.Dropdown(picker_choices(store.default_label()), value=DEFAULT_KEY, label="Model",
-                                     scale=3)
+                                          scale=3)
                 repo = gr.Textbox(label="Hub repo id (for 'Another Hub repo id')", placeholder="owner/name",
                                   scale=2)
                 load = gr.Button("Load model", scale=1)

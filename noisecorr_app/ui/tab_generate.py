@@ -37,12 +37,12 @@ def build(store, model_key, model, concurrency: int) -> dict:
             seed = checked.Number(0, precision=0, minimum=0, label="Seed")
             n = checked.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
             correction = checked.Dropdown(ok, value=first, label="Correction to compare with the baseline",
-                                     allow_custom_value=True)
+                                          allow_custom_value=True)
             nag_w = checked.Slider(0, 20, value=default_nag_weight(first or "nag"), step=0.1, label="NAG weight w",
-                              visible=first in NAG_METHODS)
+                                   visible=first in NAG_METHODS)
             cfg = checked.Slider(1, 10, value=1, step=0.1, label="CFG scale (1 = off; needs a class)")
             lam = checked.Slider(0.98, 1.02, value=1.005, step=0.001, label="Epsilon-scaling lambda",
-                            visible=first == "es")
+                                 visible=first == "es")
             go = gr.Button("Generate", variant="primary")
         with gr.Column(scale=2):
             slider = gr.ImageSlider(label="baseline | corrected (drag)", format="png", type="pil")

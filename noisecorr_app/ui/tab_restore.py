@@ -28,7 +28,7 @@ def _settings_widgets(tab: str) -> dict:
         return {"cs_ratio": checked.Slider(0.05, 1, value=0.25, step=0.05, label="Measured fraction of coefficients")}
     if tab == "inpainting":
         return {"mask": checked.Radio(["box", "random", "half", "drawn"], value="box",
-                                 label="Mask: a preset, or 'drawn' (paint on the image below)")}
+                                      label="Mask: a preset, or 'drawn' (paint on the image below)")}
     return {}
 
 
@@ -41,16 +41,16 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             image = checked.ImageFile(type="filepath", label="Image (upload, or pick an example below)",
-                             sources=["upload", "clipboard"], height=220, elem_id=f"{tab}-input")
+                                  sources=["upload", "clipboard"], height=220, elem_id=f"{tab}-input")
             gr.Examples([[str(p)] for p in EXAMPLES], inputs=[image], label="Examples",
                         example_labels=[p.stem.replace("_", " ") for p in EXAMPLES], examples_per_page=12)
             settings = _settings_widgets(tab)
             drawing = None
             if tab == "inpainting":
                 drawing = checked.ImageEditor(type="pil", image_mode="RGBA", sources=[], layers=False, transforms=(),
-                                         brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=16),
-                                         canvas_size=(EDITOR_SIDE, EDITOR_SIDE), format="png",
-                                         label="Paint the pixels to fill in (used when the mask is 'drawn')")
+                                              brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=16),
+                                              canvas_size=(EDITOR_SIDE, EDITOR_SIDE), format="png",
+                                              label="Paint the pixels to fill in (used when the mask is 'drawn')")
                 drawing.short_name = "Drawing"
             sigma_y = checked.Slider(0, 0.2, value=0.0, step=0.01, label="Measurement noise sigma_y ([0, 1] pixel units)")
             steps = checked.Slider(1, MAX_STEPS, value=20, step=1, label="Steps (network evaluations per method)")
