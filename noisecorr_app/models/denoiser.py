@@ -231,7 +231,9 @@ class UNetDenoiser:
             pass
         finally:
             handle.remove()
-        return store["f"].float()
+        # Standard layout: a channels_last UNet hands out channels_last features, and training a
+        # small conv net on those segfaults in the CPU backward (torch 2.13).
+        return store["f"].float().contiguous()
 
 
 class _FeaturesReady(Exception):

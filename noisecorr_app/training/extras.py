@@ -41,7 +41,8 @@ def nlc_loss(denoiser, eta_range: float = 0.5, max_t: int = 990, p_null_class: f
         if denoiser.num_classes:
             drop = torch.rand(b) < p_null_class
             cond = Cond(labels=labels.cpu(), null_label=drop if denoiser.supports_null_label else None)
-        feats = denoiser.features(x0 + sigma.view(-1, 1, 1, 1) * eps, sigma, cond)
+        with torch.no_grad():      # the denoiser is frozen: no graph through it
+            feats = denoiser.features(x0 + sigma.view(-1, 1, 1, 1) * eps, sigma, cond)
         return torch.nn.functional.mse_loss(net(feats, sigma), rms(eps) - 1)
     return loss
 
