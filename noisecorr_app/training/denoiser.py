@@ -11,6 +11,7 @@ with ``UNet2DModel.from_pretrained`` and needs no custom code.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -56,9 +57,14 @@ def write_model_folder(out: Path, unet_config: dict, weights: dict[str, torch.Te
     """A diffusers DDPM pipeline folder (model_index.json, unet/, scheduler/) plus noisecorr.json."""
     out.mkdir(parents=True, exist_ok=True)
     UNet2DModel(**unet_config).save_config(out / "unet")
-    # fp16 halves the shipped size; the loader upcasts to the dtype it is asked for.
+    # fp16 halves the shipped size; the loader upcasts to the dtype it is asked for. Written under a
+    # temporary name and renamed into place: a server or CLI loading the model while this runs reads
+    # the old file or the new one, never half of one.
+    target = out / "unet" / "diffusion_pytorch_model.safetensors"
+    staging = target.with_name(target.name + ".tmp")
     save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in weights.items()},
-              out / "unet" / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+              staging, metadata={"format": "pt"})
+    os.replace(staging, target)
     DDPMScheduler(**SCHEDULER_CONFIG).save_pretrained(out / "scheduler")
     (out / "model_index.json").write_text(json.dumps(
         {"_class_name": "DDPMPipeline", "_diffusers_version": "0.42.1",
