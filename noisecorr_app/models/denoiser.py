@@ -6,6 +6,7 @@ only ever calls ``denoiser.eps(x, sigma, cond)`` with ``sigma`` a per-image tens
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -206,7 +207,7 @@ class UNetDenoiser:
         sigma = as_sigma(sigma, x)
         z, t, labels = self._inputs(x, sigma, cond)
         store = {}
-        handle = self.unet.mid_block.register_forward_hook(lambda m, i, o: store.update(f=o))
+        handle = self.unet.mid_block.register_forward_hook(_this_thread(lambda m, i, o: store.update(f=o)))
         try:
             out = self.unet(z.to(self.dtype), t.to(self.device), class_labels=labels).sample
         finally:
@@ -224,7 +225,7 @@ class UNetDenoiser:
             store["f"] = output
             raise _FeaturesReady
 
-        handle = self.unet.mid_block.register_forward_hook(stop)
+        handle = self.unet.mid_block.register_forward_hook(_this_thread(stop))
         try:
             self.unet(z.to(self.dtype), t.to(self.device), class_labels=labels)
         except _FeaturesReady:
@@ -234,6 +235,14 @@ class UNetDenoiser:
         # Standard layout: a channels_last UNet hands out channels_last features, and training a
         # small conv net on those segfaults in the CPU backward (torch 2.13).
         return store["f"].float().contiguous()
+
+
+def _this_thread(hook):
+    """A forward hook that acts only on passes made by the thread that registered it: hooks belong
+    to the shared module, and another run sampling at the same time (the app runs baseline and
+    corrected side by side) must neither feed its features in nor be cut short."""
+    owner = threading.get_ident()
+    return lambda module, inputs, output: hook(module, inputs, output) if threading.get_ident() == owner else None
 
 
 class _FeaturesReady(Exception):

@@ -8,7 +8,7 @@ from ..images import grid, to_pil
 from ..methods import DEFAULTS, METHODS, load_estimator_for, setup
 from ..sampling.run import sample
 from ..sampling.samplers import SAMPLERS
-from .common import PREVIEW_SIDE, as_float, as_int, scale_for, write_bundle
+from .common import PREVIEW_SIDE, as_float, as_int, scale_for, side_by_side, write_bundle
 from .plots import eps_frame, sigma_frame
 from .state import ANY_CLASS, class_index
 
@@ -83,11 +83,11 @@ def needs_exclusive(method: str) -> bool:
 def run_generate(model, req: GenerateRequest, on_event=None) -> dict:
     """Both runs; ``on_event((run, record))`` after every step (records carry the x0 tensors)."""
     base_kw, corr_kw = run_kwargs(model, req)
-    out = {}
+    jobs = {}
     for run, kw in (("baseline", base_kw), ("corrected", corr_kw)):
         cb = (lambda rec, run=run: on_event((run, rec))) if on_event else None
-        out[run] = sample(model, progress=cb, **kw)
-    return out
+        jobs[run] = lambda kw=kw, cb=cb: sample(model, progress=cb, **kw)
+    return side_by_side(jobs, getattr(model, "device", "cpu"))
 
 
 def preview(model, x0) -> "object":

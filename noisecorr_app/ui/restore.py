@@ -13,7 +13,7 @@ from ..images import prepare_image, to_pil
 from ..methods import load_estimator_for, setup
 from ..restoration.methods import degrade, restore
 from ..restoration.operators import Inpainting, make_operator, mask_from_image
-from .common import RESTORE_SIDE, as_float, as_int, scale_for, write_bundle
+from .common import RESTORE_SIDE, as_float, as_int, scale_for, side_by_side, write_bundle
 from .plots import consistency_frame, eps_frame, sigma_frame
 from .state import restoration_plan
 
@@ -140,15 +140,16 @@ def run_restore(model, req: RestoreRequest, x, op, on_event=None) -> dict:
     y = degrade(op, x.to(model.device), req.sigma_y, seed=req.seed)
     method, correction = corrected_setup(model)
     estimator = load_estimator_for(model)
-    out = {"y": y}
+    jobs = {}
     for run, m, corr in (("baseline", "ddnm", None), ("corrected", method, correction)):
         def cb(rec, run=run):
             if estimator is not None:       # restore() stores the record after this callback
                 rec.extras["sigma_est"] = estimator.estimate(rec.x).detach().cpu()
             if on_event:
                 on_event((run, rec))
-        out[run] = restore(model, op, y, method=m, steps=req.steps, seed=req.seed, sigma_y=req.sigma_y,
-                           correction=corr, progress=cb)
+        jobs[run] = lambda m=m, corr=corr, cb=cb: restore(model, op, y, method=m, steps=req.steps, seed=req.seed,
+                                                          sigma_y=req.sigma_y, correction=corr, progress=cb)
+    out = {"y": y, **side_by_side(jobs, getattr(model, "device", "cpu"))}
     out["methods"] = {"baseline": "ddnm", "corrected": method}
     return out
 

@@ -64,7 +64,7 @@ def run_streamed(fn, args, total: int, progress, desc: str, on_preview):
     """Run ``fn(*args, on_event=...)`` (events: (run, StepRecord)) in a worker thread; advance the
     progress bar each step and yield ``on_preview(run, record)`` at throttled moments. The
     generator's return value is fn's result."""
-    throttle, done = Throttle(), 0
+    throttle, done, per_run = Throttle(), 0, {}
     gen = stream(fn, *args)
     progress((0, total), desc=desc)
     try:
@@ -74,8 +74,8 @@ def run_streamed(fn, args, total: int, progress, desc: str, on_preview):
             except StopIteration as stop:
                 return stop.value
             done += 1
-            progress((done, total), desc=f"{run}: step {done if run == 'baseline' else done - total // 2}"
-                                         f"/{total // 2}")
+            per_run[run] = per_run.get(run, 0) + 1      # the runs may sample side by side
+            progress((done, total), desc=", ".join(f"{r}: step {k}/{total // 2}" for r, k in per_run.items()))
             last = rec.sigma_next == 0
             if throttle.due(last):
                 yield on_preview(run, rec)
