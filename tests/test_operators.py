@@ -99,6 +99,30 @@ def test_projection_and_view(size, batch, task, settings):
     assert op.view(y).shape == x.shape
 
 
+@pytest.mark.parametrize("size,batch,task,settings", CASES, ids=IDS)
+def test_damped_pinv_caps_the_noise_each_singular_value_passes(size, batch, task, settings):
+    """DDNM+'s noisy pseudo-inverse scales the component on singular value s by min(1, tau s): so
+    it is A^+ itself for large tau, it passes at most tau times the measurement's norm (min(1/s, tau)
+    <= tau per component), it stays in the range of A^T, and it grows with tau."""
+    op = op_of(size, task, settings)
+    x, y = spaces(op, size, batch)
+    big = torch.full((batch,), 1e12, dtype=torch.float64)
+    assert (op.pinv_damped(y, big) - op.pinv(y)).norm() <= 1e-10 * op.pinv(y).norm()
+    aap_y = op.A(op.pinv(y))                 # y's part in the range of A (what A^+ acts on)
+    for tau in (0.05, 0.5, 2.0):
+        t = torch.full((batch,), tau, dtype=torch.float64)
+        d = op.pinv_damped(y, t)
+        assert d.shape == x.shape
+        per_image = d.flatten(1).norm(dim=1) / aap_y.flatten(1).norm(dim=1)
+        assert float(per_image.max()) <= tau * (1 + 1e-9), (tau, per_image)
+        assert (op.pinv(op.A(d)) - d).norm() <= 1e-9 * d.norm()
+    weak, strong = (op.pinv_damped(y, torch.full((batch,), t, dtype=torch.float64)).norm() for t in (0.1, 1.0))
+    assert weak < strong
+    if batch > 1:                            # tau is per image
+        mixed = op.pinv_damped(y, torch.tensor([0.1, 1e12], dtype=torch.float64))
+        assert torch.allclose(mixed[1], op.pinv(y)[1]) and mixed[0].norm() < op.pinv(y)[0].norm()
+
+
 @pytest.mark.parametrize("size,batch,task,settings", CASES[:3] + CASES[8:9] + CASES[-3:], ids=IDS[:3] + IDS[8:9] + IDS[-3:])
 def test_float32_follows_input(size, batch, task, settings):
     op = op_of(size, task, settings)

@@ -180,7 +180,7 @@ def test_noisy_measurements_are_not_fitted(prior, truth, method):
     """sigma_y > 0: the residual ||A x - y|| / sqrt(m) is about the noise level 2 sigma_y (a posterior
     sample of this Gaussian has exactly that in expectation), not forced to 0."""
     sigma_y = 0.1
-    for task in ("sr4", "cs", "inpaint", "colorize"):
+    for task in ("sr4", "cs", "inpaint", "colorize", "deblur"):
         op = make_operator(task, 32)
         y = degrade(op, truth, sigma_y, seed=7)
         res = restore(prior, op, y, method=method, steps=20, sigma_y=sigma_y, seed=2)
@@ -188,8 +188,12 @@ def test_noisy_measurements_are_not_fitted(prior, truth, method):
         assert float(ratio.min()) > 0.5 and float(ratio.max()) < 2.0, (task, ratio)
         lam = [h["lambda"] for h in res.history]
         assert lam[0] == 1.0 and lam[-1] == 0.0 and min(lam) >= 0          # DDNM+: exact early, none at the end
-        exact = restore(prior, op, y, method=method, steps=20, seed=2)      # ignoring the noise fits it
-        assert bool((exact.consistency < 0.2 * res.consistency).all()), task
+        exact = restore(prior, op, y, method=method, steps=20, seed=2)      # ignoring the noise ...
+        if task != "deblur":                                                # ... fits it
+            assert bool((exact.consistency < 0.2 * res.consistency).all()), task
+        else:   # ... or, through the blur's small singular values, blows it up (per-s lambda prevents it)
+            err = lambda r: (r.images - truth).flatten(1).norm(dim=1)
+            assert bool((err(res) < 0.5 * err(exact)).all()), (err(res), err(exact))
 
 
 def test_noisy_iterproj_keeps_an_x0_from_below_the_noise_crossover(prior, truth):

@@ -64,6 +64,34 @@ class Operator:
         """An image (B, C, H, W) showing the measurement; A^+ y unless an operator knows better."""
         return self.pinv(y)
 
+    def pinv_damped(self, y: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """DDNM+'s pseudo-inverse for noisy measurements: A^+ y with the component on singular
+        value s scaled by ``lambda(s) = min(1, tau s)``; tau (B,) = sigma_next / sigma_y (model
+        units). The measurement noise A^+ passes on along s is sigma_y / s, so lambda caps what each
+        component carries at sigma_next: the level the sampler is about to hold anyway.
+
+        This default is exact for operators whose nonzero singular values are all equal (inpainting,
+        average-pooling SR, colorization, compressive sensing: s = 1 / noise_gain). Operators with a
+        spread of singular values (blur, bicubic SR) override it and damp each one separately."""
+        s = 1.0 / self.noise_gain(y)
+        back = self.pinv(y)
+        lam = (tau.to(back.dtype) * s).clamp(max=1.0)
+        return lam.view(-1, *[1] * (back.dim() - 1)) * back
+
+    def noise_gain(self, y: torch.Tensor, probes: int = 4) -> float:
+        """RMS gain of A^+ on measurement noise, ``sqrt(E||A^+ n||^2 / E||n||^2)`` for noise n in
+        the range of A (``n = A A^+ z``): the RMS of 1/s over the kept singular values. Exact (1/s)
+        for operators with equal nonzero singular values; estimated from fixed-seed probes, and
+        cached per measurement shape."""
+        cache = self.__dict__.setdefault("_gain", {})
+        key = tuple(y.shape[1:])
+        if key not in cache:
+            z = torch.randn(probes, *key, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+            n = self.A(self.pinv(z))
+            den = float(n.pow(2).sum())
+            cache[key] = math.sqrt(float(self.pinv(n).pow(2).sum()) / den) if den > 0 else 1.0
+        return cache[key]
+
     def project(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Closest point to x (in L2) with A x = y: replace x's range-space part by A^+ y."""
         return x - self.pinv(self.A(x) - y)
@@ -154,6 +182,13 @@ class _SeparableSVD:
         uh, vht, uw, vwt, _, s2inv = m
         return vht.mT @ (s2inv * (uh.mT @ y @ uw)) @ vwt
 
+    @staticmethod
+    def pinv_damped(m, y, tau):
+        """A^+ y with the coefficient on singular value s scaled by min(1, tau s) (DDNM+, per s)."""
+        uh, vht, uw, vwt, s2, s2inv = m
+        lam = (tau.to(y.dtype).view(-1, *[1] * (y.dim() - 1)) * s2).clamp(max=1.0)
+        return vht.mT @ (lam * s2inv * (uh.mT @ y @ uw)) @ vwt
+
 
 def _keys_cubic(t: torch.Tensor, a: float = -0.5) -> torch.Tensor:
     t = t.abs()
@@ -241,6 +276,11 @@ class SuperResolution(Operator):
             return self._upsample(y)
         return _SeparableSVD.pinv(self._svd(y, y.shape[-2] * self.factor, y.shape[-1] * self.factor), y)
 
+    def pinv_damped(self, y, tau):
+        if self.mode == "avgpool":
+            return super().pinv_damped(y, tau)
+        return _SeparableSVD.pinv_damped(self._svd(y, y.shape[-2] * self.factor, y.shape[-1] * self.factor), y, tau)
+
     def view(self, y):
         return self._upsample(y)
 
@@ -287,6 +327,9 @@ class GaussianBlur(Operator):
 
     def pinv(self, y):
         return _SeparableSVD.pinv(self._svd(y, *y.shape[-2:]), y)
+
+    def pinv_damped(self, y, tau):
+        return _SeparableSVD.pinv_damped(self._svd(y, *y.shape[-2:]), y, tau)
 
     def view(self, y):
         return y
