@@ -428,7 +428,8 @@ def _restore(a):
     op = make_operator(a.task, size, **settings)
     y = degrade(op, x.to(model.device), a.sigma_y, seed=a.seed)
     correction = _restore_correction(a, model)
-    res = restore(model, op, y, method=a.method, steps=a.steps, seed=a.seed, sigma_y=a.sigma_y, correction=correction)
+    res = restore(model, op, y, method=a.method, steps=a.steps, seed=a.seed, sigma_y=a.sigma_y, correction=correction,
+                  **_restore_options(a))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(a.input).stem
@@ -444,6 +445,17 @@ def _restore(a):
         ssim_text = "n/a"
     print(f"{a.method}: PSNR {float(psnr(res.images, ref)):.2f} dB, SSIM {ssim_text}, "
           f"consistency {float(res.consistency.mean()):.2e}, {res.nfe_per_image:g} NFE; images in {out}")
+
+
+def _restore_options(a) -> dict:
+    """--eta and --tail-steps, checked here so a bad value is one message before any model loads."""
+    import math
+
+    if not (math.isfinite(a.eta) and 0 <= a.eta <= 1):
+        raise UserError(f"--eta must be in [0, 1], got {a.eta}")
+    if a.tail_steps is not None and not 0 <= a.tail_steps < a.steps:
+        raise UserError(f"--tail-steps must be from 0 to --steps - 1 ({a.steps - 1}), got {a.tail_steps}")
+    return {"eta": a.eta, "tail_steps": a.tail_steps}
 
 
 def _restore_correction(a, model):
@@ -643,6 +655,11 @@ def _add_extra_commands(sub, tsub, esub):
     r.add_argument("--blur-sigma", type=float, default=3.0)
     r.add_argument("--cs-ratio", type=float, default=0.25)
     r.add_argument("--steps", type=int, default=100)
+    r.add_argument("--eta", type=float, default=0.85, help="DDIM stochasticity of every method (0.85: DDNM's "
+                                                               "and the official IterProj's)")
+    r.add_argument("--tail-steps", type=int, default=None,
+                   help="iterproj: steps of the cyclic small-sigma tail, taken from the budget (default none; "
+                        "the official setting is 20%% of --steps)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", required=True)
     r.set_defaults(func=_restore)
@@ -705,6 +722,11 @@ def _add_extra_commands(sub, tsub, esub):
     rb.add_argument("--data", default=str(default_cifar10()), help="CIFAR-10 tarball or folder, used without --images")
     rb.add_argument("--n", type=int, default=200, help="images")
     rb.add_argument("--steps", type=int, default=100, help="network-evaluation budget per image")
+    rb.add_argument("--eta", type=float, default=0.85, help="DDIM stochasticity of every method (0.85: DDNM's "
+                                                               "and the official IterProj's)")
+    rb.add_argument("--tail-steps", type=int, default=None,
+                   help="iterproj: steps of the cyclic small-sigma tail, taken from the budget (default none; "
+                        "the official setting is 20%% of --steps)")
     rb.add_argument("--seed", type=int, default=0)
     rb.add_argument("--batch-size", type=int, default=20)
     rb.add_argument("--mask-kind", default="box", choices=["box", "random", "half"])

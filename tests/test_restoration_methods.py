@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from noisecorr_app.models.denoiser import sigmas_from_alphas_cumprod
-from noisecorr_app.restoration.methods import (METHODS, SIGMA_Y_MAX, Projected, cyclic_tail, default_tail_steps,
+from noisecorr_app.restoration.methods import (METHODS, OFFICIAL_TAIL_FRACTION, SIGMA_Y_MAX, Projected, cyclic_tail, default_tail_steps,
                                                degrade, iterproj_sigmas, measurement_size, pinv_noise_gain,
                                                restore)
 from noisecorr_app.restoration.operators import Inpainting, make_mask, make_operator
@@ -237,7 +237,9 @@ def test_iterproj_sigmas_and_cyclic_tail():
     assert s.shape == (21,) and float(s[0]) == pytest.approx(100.0) and float(s[-1]) == 0
     assert bool((s[1:16] < s[:15]).all()) and float(s[15]) == pytest.approx(0.01, rel=1e-5)
     assert float(s[16]) == pytest.approx(0.02) and float(s[16]) > float(s[15])   # the jump up: re-noising
-    assert default_tail_steps(100) == 20 and default_tail_steps(20) == 4 and default_tail_steps(3) == 0
+    assert default_tail_steps(100) == 0                                       # off by default (measured)
+    assert default_tail_steps(100, OFFICIAL_TAIL_FRACTION) == 20 and default_tail_steps(20, OFFICIAL_TAIL_FRACTION) == 4
+    assert default_tail_steps(3, OFFICIAL_TAIL_FRACTION) == 0
 
 
 def test_ddim_renoises_correctly_on_the_upward_jumps():
@@ -275,10 +277,11 @@ def test_equal_nfe_and_inner_corrections(prior, truth):
     op = make_operator("inpaint", 32)
     y = degrade(op, truth)
     ddnm = restore(prior, op, y, method="ddnm", steps=20)
-    it = restore(prior, op, y, method="iterproj", steps=20)
+    it = restore(prior, op, y, method="iterproj", steps=20, tail_steps=4)
     assert ddnm.nfe_per_image == it.nfe_per_image == 20
     assert it.settings["main_steps"] + it.settings["tail_steps"] == 20 and it.settings["tail_steps"] == 4
-    assert restore(prior, op, y, method="iterproj", steps=20, tail_steps=0).nfe_per_image == 20
+    plain = restore(prior, op, y, method="iterproj", steps=20)
+    assert plain.nfe_per_image == 20 and plain.settings["tail_steps"] == 0
     # training-free corrections inside the loop
     es = restore(prior, op, y, method="iterproj", steps=10, correction=EpsScaling(1.01))
     assert es.settings["correction"] == "es" and float(es.consistency.max()) < 1e-3

@@ -157,6 +157,8 @@ def restoration_command(a):
         raise UserError(f"--steps must be from 1 to {MAX_STEPS}")
     if a.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {a.batch_size}")
+    from ..cli import _restore_options
+    options = _restore_options(a)
     model = _load(a)
     if model.sample_shape[0] != 3:
         raise UserError(f"{model.name} makes {model.sample_shape[0]}-channel images: the benchmark needs an RGB model")
@@ -169,12 +171,12 @@ def restoration_command(a):
     task_settings = {"inpaint": {"mask": a.mask_kind}, "deblur": {"sigma": a.blur_sigma}, "cs": {"ratio": a.cs_ratio}}
     task_settings = {t: s for t, s in task_settings.items() if t in tasks}
     settings = {"model": model.name, "weights": weights_fingerprint(model), "images": source, "n": len(x),
-                "seed": a.seed, "steps": a.steps, "task_settings": task_settings, "batch_size": a.batch_size,
+                "seed": a.seed, "steps": a.steps, "task_settings": task_settings, "batch_size": a.batch_size, **options,
                 "device": str(model.device)}
     command = command_line(a.parser, a)
     table = _open_table(a, KEY, settings, {"benchmark": "restoration", "command": command, "model": model.name})
     rows = evaluate_restoration(model, x, table, tasks=tasks, methods=methods, sigma_ys=sigma_ys, steps=a.steps,
-                                seed=a.seed, batch_size=a.batch_size, task_settings=task_settings)
+                                seed=a.seed, batch_size=a.batch_size, task_settings=task_settings, **options)
     text = markdown_table(RESTORATION_COLUMNS, rows)
     notes = [f"images: {source}" + (f" ({note})" if note else ""),
              "PSNR/SSIM on [0, 1] pixels, averaged over the images; consistency: mean ||A x - y|| (model's "

@@ -66,14 +66,16 @@ def load_eval_images(folder: str | Path | None, n: int, size: int, seed: int = 0
 
 
 def run_cell(model, op, x: torch.Tensor, method: str, *, sigma_y: float, steps: int, seed: int, batch_size: int,
-             correction=None, progress=None) -> dict:
-    """Degrade and restore x in batches; per-image PSNR/SSIM/consistency and totals."""
+             correction=None, progress=None, **options) -> dict:
+    """Degrade and restore x in batches; per-image PSNR/SSIM/consistency and totals. ``options`` go
+    to ``restore`` (eta, tail_steps)."""
     ps, ss, cons, seconds, nfe = [], [], [], 0.0, None
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size].to(model.device)
         y = degrade(op, xb, sigma_y, seed=seed + start)
         res = restore(model, op, y, method=method, steps=steps, seed=seed + start, sigma_y=sigma_y,
-                      correction=correction, progress=(lambda r: progress(len(xb))) if progress else None)
+                      correction=correction, progress=(lambda r: progress(len(xb))) if progress else None,
+                      **options)
         out = res.images.float().cpu()
         ps.append(psnr(out, xb.cpu()))
         if min(out.shape[-2:]) >= SSIM_MIN_SIZE:
@@ -89,7 +91,7 @@ def run_cell(model, op, x: torch.Tensor, method: str, *, sigma_y: float, steps: 
 
 def evaluate_restoration(model, x: torch.Tensor, table: ResultsFile, *, tasks: list[str], methods: list[str],
                          sigma_ys: list[float], steps: int, seed: int = 0, batch_size: int = 20,
-                         task_settings: dict | None = None, log=print) -> list[dict]:
+                         task_settings: dict | None = None, log=print, **options) -> list[dict]:
     """Fill ``table`` with every (task, sigma_y, method) cell not already in it; returns this grid's rows.
     iterproj-nlc needs the model's NLC network: without it, it is recorded as skipped."""
     from tqdm import tqdm
@@ -115,7 +117,7 @@ def evaluate_restoration(model, x: torch.Tensor, table: ResultsFile, *, tasks: l
             with tqdm(total=len(x) * steps, desc=f"  {task} {sigma_y} {method}", unit="img-step",
                       leave=False) as bar:
                 r = run_cell(model, ops[task], x, method, sigma_y=sigma_y, steps=steps, seed=seed,
-                             batch_size=batch_size, correction=corr, progress=bar.update)
+                             batch_size=batch_size, correction=corr, progress=bar.update, **options)
             table.add({"task": task, "method": method, "sigma_y": sigma_y, "n": len(x),
                        **{k: finite_or_none(v) if k != "nfe" else v for k, v in r.items()},
                        "seconds_per_image": round(r["seconds_per_image"], 5),

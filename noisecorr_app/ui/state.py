@@ -189,7 +189,7 @@ def restoration_plan(model) -> tuple[str, str]:
     """(corrected method, a sentence for the UI): IterProj-NLC when NLC weights exist, else IterProj."""
     if model is not None and "nlc" in extras_for(model):
         return "iterproj-nlc", "Baseline: **DDNM** · corrected: **IterProj-NLC** (IterProj with this model's NLC network)."
-    return "iterproj", ("Baseline: **DDNM** · corrected: **IterProj** (projection loop with a cyclic small-sigma tail). "
+    return "iterproj", ("Baseline: **DDNM** · corrected: **IterProj** (the projection loop, re-noising from the projected estimate). "
                         "This model has no trained NLC weights yet, so IterProj runs without NLC.")
 
 
