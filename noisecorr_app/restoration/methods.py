@@ -53,9 +53,13 @@ Decisions where the papers are silent (ours; documented here and in ``settings``
   bicubic SR the separable SVD damps each singular value on its own. (One scalar from the RMS
   gain of A^+ was used before: for the blur that gain is dominated by the smallest kept singular
   values, and deblurring at sigma_y = 0.05 fell to 10-13 dB for every method, n = 50.) The
-  scalar ``lambda`` recorded per step and used by the selection rule below is that RMS version,
-  ``min(1, sigma_next / (g 2 sigma_y))`` with ``g = pinv_noise_gain``; it equals lambda(s) for the
-  equal-singular-value operators. DDNM+'s second part, shrinking the re-noising to
+  scalar ``lambda`` recorded per step and used by the selection rule below is the largest of
+  them, the one on A's top singular value: ``min(1, sigma_next s_max / (2 sigma_y))``. It is 1
+  while some component is still pinned to y and falls below 1 once every component is damped
+  (for the blur, s_max = 1: sigma_next < 2 sigma_y). The RMS version used before,
+  ``sigma_next / (g 2 sigma_y)`` with g the RMS of 1/s, fell below 1 at the first steps of a
+  deblur, so early, blurry x0s competed in the selection (noisy deblur, n = 200: IterProj
+  15.87 dB against DDNM's 17.47). DDNM+'s second part, shrinking the re-noising to
   ``sqrt(sigma_next^2 - (lambda sigma_y / s)^2)`` (gamma), is left out: the sampler owns the fresh
   noise, so the range space may carry up to sqrt(2) sigma_next of noise at the crossover steps.
   With ``sigma_y = 0``, lambda = 1: the exact projection. At the last step (sigma_next = 0)
@@ -191,6 +195,7 @@ class Projected(Correction):
         self.sigma_y = check_sigma_y(sigma_y)
         self.noise = model_noise(self.sigma_y)
         self.gain = pinv_noise_gain(operator, y) if self.noise > 0 else 1.0
+        self.s_top = operator.top_singular_value(y) if self.noise > 0 else 1.0
         self.name = f"projected+{getattr(self.inner, 'name', 'none')}"
         self.history: list[dict] = []
         self._ys: dict = {}
@@ -212,10 +217,11 @@ class Projected(Correction):
         return y
 
     def lam(self, sigma_next: torch.Tensor) -> torch.Tensor:
-        """DDNM+'s lambda per image: 1 without noise, min(1, sigma_next / (g * sigma_y_model)) with."""
+        """DDNM+'s lambda on A's top singular value, per image: 1 without noise,
+        min(1, sigma_next s_max / sigma_y_model) with (the largest per-component lambda)."""
         if self.noise == 0:
             return torch.ones_like(sigma_next, dtype=torch.float32)
-        return (sigma_next.float() / (self.gain * self.noise)).clamp(max=1.0)
+        return (sigma_next.float() * self.s_top / self.noise).clamp(max=1.0)
 
     def predict(self, model, x, sigma, sigma_next, cond: Cond | None, step: int) -> Prediction:
         p = self.inner.predict(model, x, sigma, sigma_next, cond, step)

@@ -73,10 +73,15 @@ class Operator:
         This default is exact for operators whose nonzero singular values are all equal (inpainting,
         average-pooling SR, colorization, compressive sensing: s = 1 / noise_gain). Operators with a
         spread of singular values (blur, bicubic SR) override it and damp each one separately."""
-        s = 1.0 / self.noise_gain(y)
+        s = self.top_singular_value(y)     # all nonzero singular values equal
         back = self.pinv(y)
         lam = (tau.to(back.dtype) * s).clamp(max=1.0)
         return lam.view(-1, *[1] * (back.dim() - 1)) * back
+
+    def top_singular_value(self, y: torch.Tensor) -> float:
+        """The largest singular value of A: the component DDNM+ damps last as the level falls
+        (``1 / noise_gain`` when all nonzero singular values are equal; SVD operators override)."""
+        return 1.0 / self.noise_gain(y)
 
     def noise_gain(self, y: torch.Tensor, probes: int = 4) -> float:
         """RMS gain of A^+ on measurement noise, ``sqrt(E||A^+ n||^2 / E||n||^2)`` for noise n in
@@ -281,6 +286,11 @@ class SuperResolution(Operator):
             return super().pinv_damped(y, tau)
         return _SeparableSVD.pinv_damped(self._svd(y, y.shape[-2] * self.factor, y.shape[-1] * self.factor), y, tau)
 
+    def top_singular_value(self, y):
+        if self.mode == "avgpool":
+            return super().top_singular_value(y)
+        return float(self._svd(y, y.shape[-2] * self.factor, y.shape[-1] * self.factor)[4].max())
+
     def view(self, y):
         return self._upsample(y)
 
@@ -330,6 +340,9 @@ class GaussianBlur(Operator):
 
     def pinv_damped(self, y, tau):
         return _SeparableSVD.pinv_damped(self._svd(y, *y.shape[-2:]), y, tau)
+
+    def top_singular_value(self, y):
+        return float(self._svd(y, *y.shape[-2:])[4].max())
 
     def view(self, y):
         return y
