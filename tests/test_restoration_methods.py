@@ -321,3 +321,17 @@ def test_records_history_progress_and_validation(prior, truth):
         restore(prior, op, y, steps=0)
     with pytest.raises(ValueError, match="shape"):
         restore(prior, make_operator("sr4", 32), y, steps=4)
+
+
+def test_noisy_lambda_is_the_one_on_the_top_singular_value():
+    """The recorded lambda (and the selection's crossover) is DDNM+'s lambda on A's largest singular
+    value: below 1 only once every component is damped. For the blur that is sigma_next < 2 sigma_y;
+    the RMS-gain scalar used before fell below 1 at the first steps of a deblur."""
+    sigma_next = torch.tensor([0.02, 0.05, 1.0])
+    for task, s_top in [("deblur", 1.0), ("sr4", 0.25), ("colorize", 1 / math.sqrt(3)), ("inpaint", 1.0), ("cs", 1.0)]:
+        op = make_operator(task, 32)
+        y = op.A(torch.zeros(1, 3, 32, 32))
+        lam = Projected(None, op, y, sigma_y=0.05).lam(sigma_next)
+        torch.testing.assert_close(lam, (sigma_next * s_top / 0.1).clamp(max=1.0)), task
+    blur = make_operator("deblur", 32)
+    assert blur.top_singular_value(torch.zeros(1, 3, 32, 32)) == pytest.approx(1.0, abs=1e-9)   # rows sum to 1
