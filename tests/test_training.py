@@ -53,6 +53,38 @@ def test_train_denoiser_runs_and_resumes(tmp_path, image_folder, monkeypatch):
     assert main(["card", "--folder", str(out), "--command", "x", str(out / "noisecorr.json")]) == 2   # not a report
 
 
+def test_denoiser_resumes_in_a_clone_whose_shipped_unet_lags_the_training_state(tmp_path, image_folder, monkeypatch):
+    """A clone has no ema.safetensors; the exported unet/ stands in for the EMA only when it was
+    exported at the checkpoint's step. When the shipped unet/ is older (kept matched to its NLC
+    weights while training goes on), the EMA restarts from the checkpoint's raw weights."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("NOISECORR_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "model"
+    args = ["train", "denoiser", "--data", str(image_folder), "--out", str(out), "--image-size", "16",
+            "--batch-size", "4", "--threads", "1"]
+    assert main(args + ["--steps", "2"]) == 0
+    shipped = {k: v.clone() for k, v in load_file(out / "unet" / "diffusion_pytorch_model.safetensors").items()}
+    info = json.loads((out / "noisecorr.json").read_text())
+    assert main(args + ["--steps", "5"]) == 0
+    params = load_file(out / "training" / "params.safetensors")
+    # what a clone sees: the unet/ of step 2 beside a training state of step 5, and no EMA file
+    from safetensors.torch import save_file
+    save_file(shipped, out / "unet" / "diffusion_pytorch_model.safetensors")
+    (out / "noisecorr.json").write_text(json.dumps(info))
+    (out / "training" / "ema.safetensors").unlink()
+    (out / "training" / "optimizer.safetensors").unlink()
+    from noisecorr_app.training.denoiser import train_denoiser
+
+    trainer = train_denoiser(str(image_folder), str(out), steps=5, batch_size=4, image_size=16, threads=1)
+    assert trainer.step == 5                                          # nothing left to train: just resumed
+    ema = trainer.ema_state(torch.float32)
+    for k, v in params.items():                                       # restarted from the weights ...
+        torch.testing.assert_close(ema[k], v.float() if v.is_floating_point() else v)
+    gap = lambda a: max(float((ema[k] - a[k].float()).abs().max()) for k in a if a[k].is_floating_point())
+    assert gap(shipped) > 10 * gap(params) + 1e-6                     # ... not from the stale export
+
+
 def test_train_estimator_runs_and_resumes_without_its_ema_file(tmp_path, image_folder, monkeypatch):
     monkeypatch.setenv("NOISECORR_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "est"

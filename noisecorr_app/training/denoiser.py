@@ -98,6 +98,14 @@ def train_denoiser(data: str, out: str, steps: int, batch_size: int = 64, lr: fl
                            {**info, "trained_steps": trainer.step, "train_hours": round(trainer.seconds / 3600, 3)})
 
     def exported_ema():
+        # A clone has no ema.safetensors (not committed): the exported unet/ is the EMA, provided
+        # it was exported at the checkpoint's step. The shipped unet/ can lag the training state
+        # (it is kept matched to its NLC weights); then the EMA restarts from the raw weights.
+        exported = json.loads((out_dir / "noisecorr.json").read_text()).get("trained_steps") \
+            if (out_dir / "noisecorr.json").exists() else None
+        state = json.loads((out_dir / "training" / "state.json").read_text())
+        if exported != state.get("step"):
+            return None
         return load_file(out_dir / "unet" / "diffusion_pytorch_model.safetensors")
 
     trainer = Trainer(model, denoiser_loss(sched.alphas_cumprod, num_classes, p_class_drop, p_noise_drop),

@@ -112,7 +112,9 @@ class Trainer:
         self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in params.items()})
         # The EMA may be absent from a clone when the command exports it elsewhere (the shipped weights).
         ema_file = self.dir / "ema.safetensors"
-        ema = load_file(ema_file) if ema_file.exists() else self.ema_fallback()
+        ema = load_file(ema_file) if ema_file.exists() else (self.ema_fallback() if self.ema_fallback else None)
+        if ema is None:      # no EMA saved anywhere for this step: restart it from the weights
+            ema = params
         self.ema.shadow = {k: v.float().to(self.device) for k, v in ema.items()}
         self.step, self.seconds = state["step"], state.get("seconds", 0.0)
         opt_file = self.dir / "optimizer.safetensors"
