@@ -102,19 +102,38 @@ class Operator:
         return x - self.pinv(self.A(x) - y)
 
     def project_box(self, x: torch.Tensor, y: torch.Tensor, lo: float = -1.0, hi: float = 1.0,
-                    iters: int = 300, tol: float = 1e-5) -> torch.Tensor:
+                    iters: int = 2000, tol: float = 1e-5) -> torch.Tensor:
         """A point with A x = y *and* pixels in [lo, hi], near x: alternating projections (POCS)
         onto the two convex sets, ending with the clamp so the result is a valid image. A plain
         clamp after ``project`` would undo A x = y wherever the projection left the pixel range.
-        Stops when every image's RMS residual per measured value is below ``tol`` (in float64:
-        the residual must fall below float32 round-off of y itself)."""
-        out = x.double().clamp(lo, hi)
+
+        Plain POCS converges slowly where A has small singular values (a blur whose truncated A^+
+        amplifies up to 1/rtol): one CIFAR-10 deblur kept a residual of 1.6e-2 after 300 rounds
+        and 3.7e-3 after 3000. Nesterov/FISTA momentum ``(k - 1) / (k + 2)`` on the iterates,
+        reset per image whenever its residual grows (adaptive restart), brings the worst of 200
+        DDNM deblurs (sigma 3, 20 steps) to 5.6e-4 within 1000 rounds; 2000 rounds cover harder,
+        synthetic saturated images (tests). Stops when every image's RMS residual per measured
+        value is below ``tol`` (in float64: the residual must fall below float32 round-off of y
+        itself). One A and one A^+ per round: A is linear, so the
+        extrapolated point's A z comes from the last two A x."""
+        out = prev = x.double().clamp(lo, hi)
         yd = y.double()
+        a_out = a_prev = self.A(out)
+        rms = lambda a: (a - yd).flatten(1).pow(2).mean(1).sqrt()
+        last = rms(a_out)
+        k = torch.ones_like(last)                                   # per image: restarts are per image
         for _ in range(iters):
-            r = self.A(out) - yd
-            if float(r.flatten(1).pow(2).mean(1).sqrt().max()) < tol:
+            if float(last.max()) < tol:
                 break
-            out = (out - self.pinv(r)).clamp(lo, hi)
+            beta = (k - 1) / (k + 2)
+            z = out + beta.view(-1, *[1] * (out.dim() - 1)) * (out - prev)
+            a_z = a_out + beta.view(-1, *[1] * (a_out.dim() - 1)) * (a_out - a_prev)
+            prev, a_prev = out, a_out
+            out = (z - self.pinv(a_z - yd)).clamp(lo, hi)
+            a_out = self.A(out)
+            now = rms(a_out)
+            k = torch.where(now > last, torch.ones_like(k), k + 1)  # restart the momentum where it overshoots
+            last = now
         return out.to(x.dtype)
 
     def consistency(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
