@@ -206,6 +206,13 @@ def test_restoration_benchmark_rows_and_resume(equipped_model, tmp_path, monkeyp
     assert main(args) == 0
     assert counter.calls == [] and json.loads((tmp_path / "rest.json").read_text())["rows"] == rows
 
+    # a redone cell lands last in the JSON, but the table keeps the grid's order
+    doc["rows"] = [r for r in rows if (r["task"], r["sigma_y"]) != ("sr4", 0.0)]
+    (tmp_path / "rest.json").write_text(json.dumps(doc))
+    assert main(args) == 0 and len(counter.calls) == 3
+    lines = [l for l in (tmp_path / "rest.md").read_text().splitlines() if l.startswith("| sr4 |")]
+    assert [l.split("|")[2].strip() for l in lines[:3]] == ["0", "0", "0"]
+
 
 def test_restoration_without_nlc_weights_skips_iterproj_nlc(tiny_model_dir, tmp_path, capsys, one_thread):
     images = image_folder(tmp_path / "imgs", sizes=((8, 8), (8, 8)))

@@ -135,5 +135,4 @@ def evaluate_generation(model, classifier, ref: Reference, table: ResultsFile, *
                        "nfe": cell["nfe"], "seconds_per_image": round(cell["seconds_per_image"], 5),
                        "per_step": per_step(cell["records"]), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
             outer.update(1)
-    keys = {c for c in cells}
-    return [r for r in table.rows if (r["sampler"], r["steps"], r["method"]) in keys]
+    return table.rows_for(cells)

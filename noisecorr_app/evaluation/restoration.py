@@ -123,5 +123,4 @@ def evaluate_restoration(model, x: torch.Tensor, table: ResultsFile, *, tasks: l
                        "seconds_per_image": round(r["seconds_per_image"], 5),
                        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
             outer.update(1)
-    keys = set(cells)
-    return [r for r in table.rows if (r["task"], r["sigma_y"], r["method"]) in keys]
+    return table.rows_for(cells)

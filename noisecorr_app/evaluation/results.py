@@ -92,6 +92,12 @@ class ResultsFile:
     def rows(self) -> list[dict]:
         return self.doc["rows"]
 
+    def rows_for(self, cells: list[tuple]) -> list[dict]:
+        """The rows of ``cells`` (key tuples, in ``key_fields`` order), in that order: a resumed or
+        partly redone run finishes cells out of order, its table should not show them so."""
+        by_key = {self.key(r): r for r in self.rows}
+        return [by_key[c] for c in cells if c in by_key]
+
     def add(self, row: dict):
         self.doc["rows"] = [r for r in self.rows if self.key(r) != self.key(row)] + [row]
         self.save()
