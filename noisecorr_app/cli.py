@@ -393,11 +393,12 @@ def _build_lut(a):
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     labels = list(range(model.num_classes)) if model.num_classes else None
-    with tqdm(total=len(samplers) * sum(steps) * a.n, desc="recording r on baseline runs", unit="img-step") as bar:
+    with tqdm(total=len(samplers) * sum(steps) * a.n, desc=f"recording r on {a.trajectory} runs",
+              unit="img-step") as bar:
         table = build_table(model, net, samplers=samplers, steps=steps, n=a.n, seed=a.seed, labels=labels,
-                            progress=bar.update)
+                            progress=bar.update, trajectory=a.trajectory)
     out = Path(a.out or nlc_dir / "lut")
-    table.save(out, {"model": model.name, "nlc": str(nlc_dir), "n": a.n, "seed": a.seed})
+    table.save(out, {"model": model.name, "nlc": str(nlc_dir), "n": a.n, "seed": a.seed, "trajectory": a.trajectory})
     print(f"wrote the NLC lookup table to {out}")
 
 
@@ -631,13 +632,16 @@ def _add_extra_commands(sub, tsub, esub):
     n.add_argument("--threads", type=int, default=None)
     n.set_defaults(func=_train_nlc)
 
-    b = sub.add_parser("build-lut", help="record NLC's average correction on baseline runs as a lookup table")
+    b = sub.add_parser("build-lut", help="record NLC's average correction as a lookup table")
     _model_args(b)
     b.add_argument("--nlc", default=None, help="NLC folder (default: <model folder>/nlc)")
     b.add_argument("--samplers", default=",".join(SAMPLERS))
     b.add_argument("--steps", default="10,20,50", help="step counts to record (comma-separated)")
     b.add_argument("--n", type=int, default=256, help="images per sampler and step count")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--trajectory", choices=("nlc", "baseline"), default="nlc",
+                   help="record the r NLC applies on its own runs (closed loop, default) or r_theta's reading "
+                        "of baseline runs (open loop: over-corrects once applied)")
     b.add_argument("--out", default=None, help="default: <nlc folder>/lut")
     b.set_defaults(func=_build_lut)
 

@@ -1,4 +1,6 @@
 """Corrections in every sampler: identity, oracle level, self-estimate, NLC (both modes), guidance."""
+import math
+
 import pytest
 import torch
 from conftest import GaussianDenoiser, save_tiny_model
@@ -213,7 +215,8 @@ def test_lookup_table_reproduces_the_networks_average_correction(tiny_with_nlc):
     from noisecorr_app.sampling.corrections import NLCTable
 
     model, net = tiny_with_nlc
-    table = build_table(model, net, samplers=("ddim",), steps=(6,), n=4, bins=200, batch_size=4)
+    table = build_table(model, net, samplers=("ddim",), steps=(6,), n=4, bins=200, batch_size=4,
+                        trajectory="baseline")
     # the same baseline runs, r recorded by hand
     recs = list(sample_steps(model, sampler="ddim", steps=6, n=4, seed=0))
     edges = torch.linspace(torch.tensor(model.sigma_min).log(), torch.tensor(model.sigma_max).log(), 201)
@@ -233,3 +236,27 @@ def test_lookup_table_reproduces_the_networks_average_correction(tiny_with_nlc):
     table.save(model.info["folder"] + "/lut", {"test": True})
     again = NLCLookupTable.load(model.info["folder"] + "/lut")
     torch.testing.assert_close(again.r["ddim"], table.r["ddim"], equal_nan=True)
+
+
+def test_closed_loop_table_replays_the_r_nlc_applied_on_its_own_runs(tiny_with_nlc):
+    """The default table is recorded on NLC's corrected trajectories: each bin holds the mean r that
+    NLC applied there (r = sigma_used / sigma - 1), and nothing above NLC's switch-off level."""
+    from noisecorr_app.extras.nlc_table import build_table
+    from noisecorr_app.sampling.corrections import NLC
+
+    model, net = tiny_with_nlc
+    table = build_table(model, net, samplers=("ddim",), steps=(6,), n=4, bins=200, batch_size=4)
+    res = sample(model, sampler="ddim", steps=6, n=4, seed=0, correction=NLC(net))
+    edges = torch.linspace(torch.tensor(model.sigma_min).log(), torch.tensor(model.sigma_max).log(), 201)
+    applied = 0
+    for rec in res.records:
+        b = min(int(torch.bucketize(torch.tensor(rec.sigma).log(), edges)) - 1, 199)
+        r = (rec.sigma_used / rec.sigma - 1).mean().item()
+        if rec.sigma > NLC(net).max_sigma:
+            assert math.isnan(table.r["ddim"][0, b].item()) and r == pytest.approx(0, abs=1e-6)
+        else:
+            assert table.r["ddim"][0, b].item() == pytest.approx(r, abs=1e-5)
+            applied += abs(r) > 1e-3
+    assert applied >= 3                                    # the untrained r_theta does move the level
+    with pytest.raises(ValueError, match="trajectory"):
+        build_table(model, net, samplers=("ddim",), steps=(6,), n=1, trajectory="plain")

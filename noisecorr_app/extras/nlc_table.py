@@ -1,7 +1,8 @@
 """The NLC lookup table: r_theta's average correction, recorded once, looked up at sampling time.
 
-Our design (the paper publishes none): run the *baseline* sampler on M images for a few step
-counts, evaluate r_theta at every step without applying it, and average r in bins of log sigma.
+Our design (the paper publishes none): run a sampler on M images for a few step counts, record
+r_theta at every step, and average r in bins of log sigma. The runs are either the *baseline*
+sampler's (r evaluated, not applied) or NLC's own (the r it applied, closed loop).
 The shift a trajectory accumulates depends on the sampler and on the step count as much as on
 sigma, so the table keeps one row per (sampler, step count) and interpolates between step counts
 in log steps. Stored as safetensors + JSON beside the NLC network.
@@ -72,10 +73,15 @@ def _fill(v: torch.Tensor) -> torch.Tensor:
 
 
 def build_table(model, net, samplers=("ddim", "ddpm", "edm", "dpmpp"), steps=(10, 20, 50), n=256, seed=0,
-                bins=64, batch_size=64, labels=None, progress=None) -> NLCLookupTable:
-    """Record r_theta on baseline trajectories and average it per (sampler, steps, log-sigma bin)."""
-    from ..sampling.corrections import Correction, Prediction, rms
+                bins=64, batch_size=64, labels=None, progress=None, trajectory: str = "nlc") -> NLCLookupTable:
+    """Average r_theta per (sampler, steps, log-sigma bin), recorded on ``trajectory``:
+    'baseline' runs (r evaluated, not applied), or 'nlc' runs (the r the network applied along its
+    own corrected trajectories: the table then replays NLC's average correction, closed loop)."""
+    from ..sampling.corrections import NLC, Correction, Prediction, rms
     from ..sampling.run import sample
+
+    if trajectory not in ("baseline", "nlc"):
+        raise ValueError(f"trajectory must be 'baseline' or 'nlc', got '{trajectory}'")
 
     class Recorder(Correction):
         """The identity correction that also writes down what r_theta would have said."""
@@ -87,6 +93,17 @@ def build_table(model, net, samplers=("ddim", "ddpm", "edm", "dpmpp"), steps=(10
             self.seen.append((sigma.cpu(), net(feats.to(next(net.parameters()).device), sigma).cpu()))
             return Prediction(x, eps, sigma, sigma_next, rms(eps))
 
+    class AppliedRecorder(NLC):
+        """NLC itself, writing down the r it applies (after its clip; none above its max sigma)."""
+        def __init__(self):
+            super().__init__(net)
+            self.seen = []
+
+        def ratio(self, m, x, sigma, cond, step):
+            r, eps = super().ratio(m, x, sigma, cond, step)
+            self.seen.append((sigma.cpu(), r.clamp(-self.r_clip, self.r_clip).cpu()))
+            return r, eps
+
     lo, hi = math.log(model.sigma_min), math.log(model.sigma_max)
     edges = torch.linspace(lo, hi, bins + 1)
     centres = (edges[1:] + edges[:-1]) / 2
@@ -97,7 +114,7 @@ def build_table(model, net, samplers=("ddim", "ddpm", "edm", "dpmpp"), steps=(10
             total, count = torch.zeros(bins), torch.zeros(bins)
             for start in range(0, n, batch_size):
                 k = min(batch_size, n - start)
-                rec = Recorder()
+                rec = Recorder() if trajectory == "baseline" else AppliedRecorder()
                 lab = None if labels is None else [labels[(start + i) % len(labels)] for i in range(k)]
                 sample(model, sampler=sampler, steps=S, n=k, seed=seed + start, labels=lab, correction=rec)
                 for sigma, r in rec.seen:

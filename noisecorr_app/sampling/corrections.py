@@ -191,7 +191,7 @@ class SelfEstimate(LevelCorrection):
 
 
 class NLCTable(LevelCorrection):
-    """NLC without a network at sampling time: the mean r recorded on baseline runs, looked up.
+    """NLC without a network at sampling time: the mean r NLC applied on its own runs, looked up.
 
     ``table`` (extras/nlc_table.py) holds, per sampler, the mean r over a log-sigma grid for a few
     step counts; a run interpolates between step counts in log steps, then in log sigma. The
