@@ -47,10 +47,17 @@ def test_train_denoiser_runs_and_resumes(tmp_path, image_folder, monkeypatch):
     assert main(["evaluate", "speed", "--model", str(out), "--samplers", "ddim", "--steps", "3", "--json", str(speed)]) == 0
     assert main(["card", "--folder", str(out), "--command", "train denoiser (test)", str(speed)]) == 0
     card = (out / "README.md").read_text()
-    assert "| steps so far | 4 at batch 4" in card and "train denoiser (test)" in card
+    assert "| steps (shipped weights) | 4 at batch 4" in card and "train denoiser (test)" in card
+    assert "not shipped" not in card
     assert "CPU seconds per image, ddim 3 steps, batch 1" in card
     assert (out / "loss_curve.png").exists() and Image.open(out / "samples_per_class.png").size == (8 * 32, 2 * 32)
     assert main(["card", "--folder", str(out), "--command", "x", str(out / "noisecorr.json")]) == 2   # not a report
+    # training that ran on past the shipped weights: the card describes the shipped ones
+    info = json.loads((out / "noisecorr.json").read_text())
+    (out / "noisecorr.json").write_text(json.dumps({**info, "trained_steps": 2, "train_hours": 0.001}))
+    assert main(["card", "--folder", str(out), "--command", "x", "--no-samples"]) == 0
+    card = (out / "README.md").read_text()
+    assert "| steps (shipped weights) | 2 at batch 4" in card and "holds the run at step 4" in card
 
 
 def test_denoiser_resumes_in_a_clone_whose_shipped_unet_lags_the_training_state(tmp_path, image_folder, monkeypatch):

@@ -65,6 +65,11 @@ def write_denoiser_card(folder: Path, command: str, metrics: dict | None = None,
     if samples:
         class_grid(model, folder / "samples_per_class.png")
     n_params = sum(p.numel() for p in model.unet.parameters())
+    # The card describes the shipped weights (unet/, stamped in noisecorr.json when exported); the
+    # training state may have run on past them without being shipped (extras were made on these).
+    steps, hours = info.get("trained_steps", state["step"]), info.get("train_hours", state["seconds"] / 3600)
+    ahead = (f"; `training/` holds the run at step {state['step']:,} ({state['seconds'] / 3600:.2f} h), not shipped"
+             if state["step"] > steps else "")
     metrics = metrics or {}
     rows = "\n".join(f"| {k} | {v} |" for k, v in metrics.items()) or "| (not measured yet) | |"
     classes = ", ".join(f"{i} {n}" for i, n in enumerate(info.get("class_names") or []))
@@ -81,8 +86,8 @@ project's own script on CIFAR-10. It is small enough to sample interactively on 
 | class dropout | {info.get('p_class_drop')} (classifier-free guidance) |
 | noise-condition dropout | {info.get('p_noise_drop')}: the timestep is replaced by the sentinel {info.get('null_timestep')} (classifier-free NAG) |
 | command | `{command}` |
-| steps so far | {state['step']:,} at batch {cfg['extra'].get('batch_size')} (AdamW lr {cfg['lr']}, warm-up {cfg['warmup']}, grad clip {cfg['grad_clip']}) |
-| training time | {state['seconds'] / 3600:.2f} h of compute, last run on {state['device']} ({state.get('hardware') or hardware()}), precision {state['precision']} |
+| steps (shipped weights) | {steps:,} at batch {cfg['extra'].get('batch_size')} (AdamW lr {cfg['lr']}, warm-up {cfg['warmup']}, grad clip {cfg['grad_clip']}){ahead} |
+| training time | {hours:.2f} h of compute, last run on {state['device']} ({state.get('hardware') or hardware()}), precision {state['precision']} |
 | weights | EMA (decay ramping to {cfg['ema_decay']}), fp16 safetensors in `unet/`; `training/params.safetensors` holds the raw weights for resuming |
 
 Loading needs no custom code: `UNet2DModel.from_pretrained(folder, subfolder="unet")`; the null
