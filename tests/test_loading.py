@@ -47,6 +47,24 @@ def _cached_hub_repo(cache, repo_id, source):
     return cache
 
 
+def test_cpu_channels_last_changes_no_output(tiny_model_dir):
+    """On the CPU the UNet runs channels_last (faster convolutions); what the denoiser hands out is
+    the plain diffusers model's output, in the standard layout (r_theta trains on the features)."""
+    from diffusers import UNet2DModel
+
+    model = load_model(tiny_model_dir, device="cpu")
+    assert model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = UNet2DModel.from_pretrained(tiny_model_dir / "unet").eval()
+    x = torch.randn(3, *model.sample_shape, generator=torch.Generator().manual_seed(0)) * 2.0
+    sigma = torch.tensor([0.5, 2.0, 10.0])
+    eps, feats = model.eps_and_features(x, sigma)
+    assert eps.is_contiguous() and feats.is_contiguous() and model.features(x, sigma).is_contiguous()
+    with torch.no_grad():
+        z = x / (1 + sigma.view(-1, 1, 1, 1) ** 2).sqrt()
+        expected = plain(z, model.timestep(sigma)).sample
+    torch.testing.assert_close(eps, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_hub_id_loads_from_the_local_cache_offline(tmp_path, tiny_model_dir):
     cache = _cached_hub_repo(tmp_path / "hf", "someone/tiny-ddpm", tiny_model_dir)
     model = load_model("someone/tiny-ddpm", device="cpu", offline=True, cache_dir=cache)

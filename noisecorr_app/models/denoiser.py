@@ -179,7 +179,8 @@ class UNetDenoiser:
         return z, t, labels
 
     def _to_eps(self, out, z, sigma):
-        out = out[:, : z.shape[1]].float()          # learned-variance models: keep the mean channels
+        # learned-variance models: keep the mean channels; standard layout (a CPU UNet is channels_last)
+        out = out[:, : z.shape[1]].float().contiguous()
         if self.prediction_type == "epsilon":
             return out
         abar = bcast((1 / (1 + sigma.double() ** 2)).float(), z)
@@ -212,7 +213,7 @@ class UNetDenoiser:
             out = self.unet(z.to(self.dtype), t.to(self.device), class_labels=labels).sample
         finally:
             handle.remove()
-        return self._to_eps(out, z, sigma), store["f"].float()
+        return self._to_eps(out, z, sigma), store["f"].float().contiguous()
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, sigma, cond: Cond | None = None) -> torch.Tensor:
