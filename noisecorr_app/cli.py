@@ -78,13 +78,29 @@ def _method(a, model) -> dict:
                    nlc_mode=a.nlc_mode)
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
-    kw = {"correction": ms.correction, "cfg_scale": a.cfg_scale, **ms.options}
+    kw = {"correction": ms.correction, "cfg_scale": a.cfg_scale, "clip_x0": clip_choice(a), **ms.options}
     kw.setdefault("estimator", load_estimator_for(model))     # sigma_est in traces when an estimator exists
     return kw
 
 
+CLIP_CHOICES = {"model": None, "on": True, "off": False}
+
+
+def clip_arg(p):
+    p.add_argument("--x0-clip", choices=list(CLIP_CHOICES), default="model",
+                   help="clamp each step's x0 estimate to [-1, 1], baseline and correction alike; model (default): "
+                        "as the model's scheduler config says (clip_sample, on for the embedded model and the "
+                        "google/ddpm models); off: the unclamped sampler (the NLC paper's baseline)")
+
+
+def clip_choice(a) -> bool | None:
+    return CLIP_CHOICES[getattr(a, "x0_clip", "model")]
+
+
 def _method_args(p):
     from .methods import METHODS
+
+    clip_arg(p)
 
     p.add_argument("--method", choices=list(METHODS), default="none",
                    help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
@@ -706,6 +722,7 @@ def _add_extra_commands(sub, tsub, esub):
     g.add_argument("--nag-est-scale", type=float, default=None, help="estimator-based NAG weight (default 10)")
     g.add_argument("--es-lambda", type=float, default=None, help="epsilon-scaling factor (default 1.005)")
     g.add_argument("--nlc-mode", choices=["reuse", "official"], default="reuse")
+    clip_arg(g)
     g.add_argument("--batch-size", type=int, default=50)
     g.add_argument("--feature-batch-size", type=int, default=500)
     g.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER), help="FID-C10 classifier folder")

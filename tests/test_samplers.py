@@ -11,25 +11,26 @@ from noisecorr_app.sampling.samplers import SAMPLERS
 from noisecorr_app.sampling.schedules import Karras, ModelSpacing
 
 
-def _diffusers_loop(unet, scheduler, z, timesteps, generators=None):
+def _diffusers_loop(unet, scheduler, z, timesteps, generators=None, **step_kw):
     states = []
     for t in timesteps:
         with torch.no_grad():
             out = unet(z, t).sample
         kw = {"generator": generators} if generators is not None else {}
-        z = scheduler.step(out, t, z, **kw).prev_sample
+        z = scheduler.step(out, t, z, **kw, **step_kw).prev_sample
         states.append(z)
     return states
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-def test_ddim_matches_diffusers_step_by_step(tmp_path, prediction_type):
+@pytest.mark.parametrize("prediction_type,clip", [("epsilon", False), ("v_prediction", False), ("epsilon", True)])
+def test_ddim_matches_diffusers_step_by_step(tmp_path, prediction_type, clip):
+    """clip: diffusers' clip_sample (x0 clamped, the network's eps kept), which is what clip_x0 does."""
     from diffusers import DDIMScheduler
 
     folder = save_tiny_model(tmp_path / "m", prediction_type=prediction_type)
     model = load_model(folder, device="cpu")
     steps = 10
-    ref = DDIMScheduler(beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=False,
+    ref = DDIMScheduler(beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=clip,
                         set_alpha_to_one=True, timestep_spacing="trailing", prediction_type=prediction_type)
     ref.set_timesteps(steps)
     sigmas = ModelSpacing(model.alphas_cumprod, "trailing").sigmas(steps)
@@ -37,17 +38,41 @@ def test_ddim_matches_diffusers_step_by_step(tmp_path, prediction_type):
     z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     expected = _diffusers_loop(model.unet, ref, z, ref.timesteps)
     x = z * (1 + sigmas[0] ** 2).sqrt()
-    for rec, z_ref in zip(sample_steps(model, sampler="ddim", steps=steps, n=2, sigmas=sigmas, x=x), expected):
+    recs = list(sample_steps(model, sampler="ddim", steps=steps, n=2, sigmas=sigmas, x=x, clip_x0=clip))
+    for rec, z_ref in zip(recs, expected):
         z_ours = rec.x_next / (1 + rec.sigma_next ** 2) ** 0.5
-        torch.testing.assert_close(z_ours, z_ref, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(z_ours, z_ref, atol=5e-5 if clip else 2e-5, rtol=1e-4)
+    if clip:
+        assert all(float(r.x0.abs().max()) <= 1 for r in recs)
+        unclipped = list(sample_steps(model, sampler="ddim", steps=steps, n=2, sigmas=sigmas, x=x, clip_x0=False))
+        assert max(float(r.x0.abs().max()) for r in unclipped) > 1.5      # the clamp had work to do
 
 
-def test_ddpm_matches_diffusers_with_the_same_noise(tiny_model_dir):
+def test_clip_x0_follows_the_scheduler_config(tmp_path):
+    """clip_sample in the model's scheduler config (diffusers' default: on) sets the default; a plain
+    function is never clamped; clip_x0 overrides either way."""
+    import json
+
+    on = load_model(save_tiny_model(tmp_path / "on"), device="cpu")
+    cfg_file = save_tiny_model(tmp_path / "off") / "scheduler" / "scheduler_config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "clip_sample": False}))
+    off = load_model(tmp_path / "off", device="cpu")
+    assert on.clip_sample and not off.clip_sample
+    peak = lambda m, **kw: max(float(r.x0.abs().max()) for r in sample_steps(m, steps=6, n=2, **kw))
+    assert peak(on) <= 1 < 1.5 < peak(on, clip_x0=False)
+    assert peak(off) > 1.5 > 1 >= peak(off, clip_x0=True)
+    assert sample(on, steps=3, n=1).settings["clip_x0"] is True
+    g = GaussianDenoiser(mu=0.0, s0=3.0, shape=(1, 4, 4))       # data far outside [-1, 1]: left alone
+    assert float(list(sample_steps(g, steps=20, n=64, seed=0, schedule="karras"))[-1].x0.abs().max()) > 2
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_ddpm_matches_diffusers_with_the_same_noise(tiny_model_dir, clip):
     from diffusers import DDPMScheduler
 
     model = load_model(tiny_model_dir, device="cpu")
     steps = 10
-    ref = DDPMScheduler(beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=False,
+    ref = DDPMScheduler(beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=clip,
                         variance_type="fixed_small", timestep_spacing="trailing")
     ref.set_timesteps(steps)
     seeds = [5, 6]
@@ -56,7 +81,7 @@ def test_ddpm_matches_diffusers_with_the_same_noise(tiny_model_dir):
                                generators=[torch.Generator().manual_seed(s) for s in seeds])
     sigmas = ModelSpacing(model.alphas_cumprod, "trailing").sigmas(steps)
     x = z * (1 + sigmas[0] ** 2).sqrt()
-    recs = list(sample_steps(model, sampler="ddpm", steps=steps, seeds=seeds, n=2, sigmas=sigmas, x=x))
+    recs = list(sample_steps(model, sampler="ddpm", steps=steps, seeds=seeds, n=2, sigmas=sigmas, x=x, clip_x0=clip))
     assert len(recs) == steps
     for rec, z_ref in zip(recs, expected):
         z_ours = rec.x_next / (1 + rec.sigma_next ** 2) ** 0.5
@@ -171,7 +196,8 @@ def test_ddim_eta_matches_diffusers_with_the_same_noise(tiny_model_dir):
         expected.append(zz)
     sigmas = ModelSpacing(model.alphas_cumprod, "trailing").sigmas(steps)
     x = z * (1 + sigmas[0] ** 2).sqrt()
-    recs = list(sample_steps(model, sampler="ddim", steps=steps, n=2, seeds=seeds, sigmas=sigmas, x=x, eta=eta))
+    recs = list(sample_steps(model, sampler="ddim", steps=steps, n=2, seeds=seeds, sigmas=sigmas, x=x, eta=eta,
+                             clip_x0=False))
     for rec, z_ref in zip(recs[:-1], expected[:-1]):
         torch.testing.assert_close(rec.x_next / (1 + rec.sigma_next ** 2) ** 0.5, z_ref, atol=5e-5, rtol=1e-4)
 

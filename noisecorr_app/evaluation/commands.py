@@ -63,7 +63,7 @@ RESTORATION_COLUMNS = [("task", "task", ""), ("sigma_y", "sigma_y", "g"), ("meth
 def generation_command(a):
     import numpy as np
 
-    from ..cli import UserError, _class_index, _class_map, _load, _load_classifier
+    from ..cli import UserError, _class_index, _class_map, _load, _load_classifier, clip_choice
     from ..methods import METHODS, check_params
     from ..sampling.run import MAX_STEPS
     from ..sampling.samplers import SAMPLERS
@@ -103,7 +103,7 @@ def generation_command(a):
               "nlc_mode": a.nlc_mode}
     settings = {"model": model.name, "weights": weights_fingerprint(model), "classifier": clf.fingerprint,
                 "reference": f"{data}:train", "n": a.n, "seed": a.seed, "class": class_spec, "schedule": a.schedule,
-                "eta": a.eta, "method_params": params, "batch_size": a.batch_size, "device": str(model.device),
+                "eta": a.eta, "x0_clip": a.x0_clip, "method_params": params, "batch_size": a.batch_size, "device": str(model.device),
                 "kid_subsets": a.kid_subsets, "kid_subset_size": a.kid_subset_size}
     command = command_line(a.parser, a)
     # opened before the long part, so that a file of other settings is refused at once
@@ -119,7 +119,8 @@ def generation_command(a):
     rows = evaluate_generation(model, clf, Reference(feature_stats(feats), np.asarray(feats)), table,
                                samplers=samplers, steps=steps, methods=methods, n=a.n, seed=a.seed,
                                batch_size=a.batch_size, labels=labels, schedule=a.schedule, eta=a.eta,
-                               params=params, kid_subsets=a.kid_subsets, kid_subset_size=a.kid_subset_size)
+                               params=params, kid_subsets=a.kid_subsets, kid_subset_size=a.kid_subset_size,
+                               clip_x0=clip_choice(a))
     text = markdown_table(GENERATION_COLUMNS, rows)
     notes = [METRIC_NOTE,
              "noise shift: mean over steps of |log(sigma_est / sigma_scheduled)|, sigma_est the median of the "

@@ -69,7 +69,8 @@ def per_step(records) -> dict:
 
 
 def run_cell(model, method: str, params: dict, *, sampler: str, steps: int, n: int, seed: int, batch_size: int,
-             labels: list[int] | None, schedule: str = "model", eta: float = 0.0, progress=None) -> dict:
+             labels: list[int] | None, schedule: str = "model", eta: float = 0.0, clip_x0: bool | None = None,
+             progress=None) -> dict:
     """Sample one cell in batches; returns uint8 images, merged records, NFE and seconds per image."""
     ms = setup(method, model, **params)
     options = dict(ms.options)
@@ -80,7 +81,8 @@ def run_cell(model, method: str, params: dict, *, sampler: str, steps: int, n: i
         k = min(batch_size, n - start)
         res = sample(model, sampler=sampler, steps=steps, n=k, seeds=[seed + start + i for i in range(k)],
                      labels=None if labels is None else labels[start:start + k], schedule=schedule,
-                     correction=ms.correction, progress=(lambda r: progress(k)) if progress else None, **options,
+                     correction=ms.correction, progress=(lambda r: progress(k)) if progress else None,
+                     clip_x0=clip_x0, **options,
                      **({"eta": eta} if sampler == "ddim" else {}))
         images.append(to_uint8(res.images))       # 8 bits, as the reference images are
         batches.append(res.records)
@@ -103,7 +105,7 @@ def evaluate_generation(model, classifier, ref: Reference, table: ResultsFile, *
                         steps: list[int], methods: list[str], n: int, seed: int = 0, batch_size: int = 50,
                         labels: list[int] | None = None, schedule: str = "model", eta: float = 0.0,
                         params: dict | None = None, kid_subsets: int = 100, kid_subset_size: int = 1000,
-                        log=print) -> list[dict]:
+                        clip_x0: bool | None = None, log=print) -> list[dict]:
     """Fill ``table`` with every (sampler, steps, method) cell not already in it; returns this grid's rows.
     Methods the model cannot run are recorded in ``table.doc['skipped']`` and reported through ``log``."""
     from tqdm import tqdm
@@ -126,7 +128,8 @@ def evaluate_generation(model, classifier, ref: Reference, table: ResultsFile, *
             outer.set_postfix_str(f"{sampler} {k} steps {method}")
             with tqdm(total=n * k, desc=f"  {sampler} {k} {method}", unit="img-step", leave=False) as bar:
                 cell = run_cell(model, method, params, sampler=sampler, steps=k, n=n, seed=seed,
-                                batch_size=batch_size, labels=labels, schedule=schedule, eta=eta, progress=bar.update)
+                                batch_size=batch_size, labels=labels, schedule=schedule, eta=eta, clip_x0=clip_x0,
+                                progress=bar.update)
             scores = score(classifier, cell["images"], ref, kid_subsets, kid_subset_size, seed)
             table.add({"sampler": sampler, "steps": k, "method": method, "n": n,
                        "fid": finite_or_none(scores["fid"]), "kid": finite_or_none(scores["kid"]),

@@ -89,6 +89,7 @@ class UNetDenoiser:
     prediction_type: 'epsilon', 'v_prediction' or 'sample', from the scheduler config.
     null_label / null_timestep: the inputs that stand for "no class" / "no noise level", when the
     model was trained with those dropouts (noisecorr.json); None when it was not.
+    clip_sample: the scheduler config's ``clip_sample``: samplers clamp x0 to [-1, 1] by default.
     """
     unet: torch.nn.Module
     alphas_cumprod: torch.Tensor
@@ -97,6 +98,7 @@ class UNetDenoiser:
     null_label: int | None = None
     null_timestep: float | None = None
     class_names: list[str] | None = None
+    clip_sample: bool = False
     name: str = "model"
     info: dict = field(default_factory=dict)
 

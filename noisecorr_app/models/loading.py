@@ -183,4 +183,5 @@ def load_model(source: str | Path | None = None, *, device: str | torch.device |
                         prediction_type=sched.config.prediction_type, num_classes=num_classes,
                         null_label=extra.get("null_class") if num_embeds and num_classes and num_embeds > num_classes else None,
                         null_timestep=extra.get("null_timestep"), class_names=extra.get("class_names"),
+                        clip_sample=bool(sched.config.clip_sample),
                         name=name, info={"folder": str(folder), **extra})

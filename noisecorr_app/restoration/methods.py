@@ -411,7 +411,7 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
     best = best_score = kept = None
     records, history = [], []
     for rec in sample_steps(base, sampler=sampler, steps=len(sigmas) - 1, n=n, seed=seed, labels=labels,
-                            correction=proj, sigmas=sigmas, **options):
+                            correction=proj, sigmas=sigmas, clip_x0=False, **options):
         out = rec.x0.clamp(-1, 1)
         c = operator.consistency(out, proj.measurement(out)).float()
         h = proj.history[-1] if proj.history and proj.history[-1]["step"] == rec.step else None

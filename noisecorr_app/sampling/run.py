@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..models.denoiser import Cond, as_denoiser
-from .corrections import Correction
+from .corrections import Correction, clip_x0 as clipped
 from .guidance import EstimatorGuided, Guided
 from .noise import SeededNoise
 from .samplers import SAMPLERS, StepRecord
@@ -84,13 +84,17 @@ def sample_steps(model, *, sampler: str = "ddim", steps: int = 20, n: int = 1, s
                  seeds: list[int] | None = None, labels=None, correction: Correction | None = None,
                  cfg_scale: float = 1.0, nag_scale: float = 0.0, schedule: str = "model",
                  sigmas: torch.Tensor | None = None, x: torch.Tensor | None = None,
-                 estimator=None, nag_est_scale: float = 0.0, **sampler_options) -> Iterator[StepRecord]:
+                 estimator=None, nag_est_scale: float = 0.0, clip_x0: bool | None = None,
+                 **sampler_options) -> Iterator[StepRecord]:
     """Yield one StepRecord per step (with image tensors); the last record's ``x_next`` is the sample.
 
     seeds: one per image (default seed, seed+1, ...); labels: class per image (int or list) or None.
     Each record's ``nfe`` is the network evaluations per image that step spent.
     estimator: a noise-level estimator; each record then carries ``extras['sigma_est']``, its reading
     of the state entering the step. nag_est_scale: estimator-based NAG with that weight.
+    clip_x0: clamp every step's x0 estimate to [-1, 1] (``corrections.clip_x0``), for the baseline and any
+    correction alike; None follows the model's scheduler config (``clip_sample``; off for a plain
+    function). Restoration passes False: it clamps before its projection, never after.
     """
     check_settings(sampler, steps, n)
     check_sampler_options(sampler, sampler_options)
@@ -124,8 +128,11 @@ def sample_steps(model, *, sampler: str = "ddim", steps: int = 20, n: int = 1, s
             raise ValueError(f"class labels must lie in 0..{num_classes - 1}")
         cond = Cond(labels=lab)
 
+    clip = bool(getattr(base, "clip_sample", False)) if clip_x0 is None else bool(clip_x0)
+
     def predict(x_, s, sn, i):
-        return correction.predict(net, x_, s, sn, cond, i)
+        p = correction.predict(net, x_, s, sn, cond, i)
+        return clipped(p) if clip else p
 
     b = x.shape[0]
     seen = 0
@@ -148,5 +155,7 @@ def sample(model, *, progress: Callable[[StepRecord], None] | None = None, **kw)
     settings = {k: v for k, v in kw.items() if isinstance(v, (int, float, str, list, type(None))) and k != "x"}
     corr = kw.get("correction")
     settings["correction"] = corr.name if corr else "none"
+    if kw.get("clip_x0") is None:
+        settings["clip_x0"] = bool(getattr(as_denoiser(model), "clip_sample", False))
     return SampleResult(last.x_next.clamp(-1, 1), records, sum(r.nfe for r in records),
                         time.perf_counter() - t0, settings)

@@ -81,15 +81,21 @@ def ddim(x, sigmas, predict: Predict, noise: Noise, eta: float = 0.0, eta_style:
 
 def ddpm(x, sigmas, predict: Predict, noise: Noise) -> Iterator[StepRecord]:
     """Ancestral DDPM with the posterior ('fixed small') variance, in sigma form:
-    ``x0 + (sigma_next^2 / sigma) eps + sigma_next sqrt(1 - sigma_next^2 / sigma^2) xi``."""
+    ``x0 + (sigma_next^2 / sigma^2)(x - x0) + sigma_next sqrt(1 - sigma_next^2 / sigma^2) xi``
+    (``x - x0 = sigma eps`` unless x0 was clamped: then it is diffusers' posterior mean)."""
     for i in range(len(sigmas) - 1):
         p = predict(x, *_levels(sigmas, i, x), i)
         s, sn = bcast(p.sigma, x), bcast(p.sigma_next, x)
-        x_next = p.x0 + sn ** 2 / s * p.eps
+        x_next = p.x0 + sn ** 2 / s ** 2 * (p.x - p.x0)
         if float(sigmas[i + 1]) > 0:
             x_next = x_next + sn * (1 - sn ** 2 / s ** 2).clamp_min(0).sqrt() * noise(x)
         yield _record(i, sigmas, p, x_next)
         x = x_next
+
+
+def _slope(p) -> torch.Tensor:
+    """dx/dsigma of the probability-flow ODE, ``(x - x0) / sigma`` (= eps unless x0 was clamped)."""
+    return p.eps if p.clamped_x0 is None else (p.x - p.x0) / bcast(p.sigma, p.x)
 
 
 def edm(x, sigmas, predict: Predict, noise: Noise) -> Iterator[StepRecord]:
@@ -99,11 +105,11 @@ def edm(x, sigmas, predict: Predict, noise: Noise) -> Iterator[StepRecord]:
         s_i, sn_i = _levels(sigmas, i, x)
         p = predict(x, s_i, sn_i, i)
         step = bcast(p.sigma_next - p.sigma, x)
-        x_next = p.x + step * p.eps
+        x_next = p.x + step * _slope(p)
         if float(sigmas[i + 1]) > 0:
             snn = sigmas[i + 2] if i + 2 < len(sigmas) else sigmas[i + 1] * 0
             p2 = predict(x_next, sn_i, snn.to(x.device).expand(x.shape[0]), i)
-            x_next = p.x + step * 0.5 * (p.eps + p2.eps)
+            x_next = p.x + step * 0.5 * (_slope(p) + _slope(p2))
         yield _record(i, sigmas, p, x_next)
         x = x_next
 

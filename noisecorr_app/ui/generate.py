@@ -110,6 +110,8 @@ def metrics_markdown(req: GenerateRequest, runs: dict) -> str:
             f"seed {req.seed}" + (f", CFG {req.cfg_scale:g}" if req.cfg_scale != 1 else "")
             + (f", NAG weight {req.nag_weight:g}" if req.method in NAG_METHODS else "")
             + (f", λ = {req.es_lambda:g}" if req.method == "es" else "") + ". Same seeds for both runs.")
+    if b.settings.get("clip_x0"):
+        desc += " Both runs clamp each step's x0 estimate to [-1, 1], as the model's scheduler config asks (clip_sample)."
     if b.noise_shift is None:
         desc += " No noise-level estimator for this model: no noise-shift figure."
     return "\n".join([desc, "", *lines] + ([""] + [f"*{n}*" for n in req.notes] if req.notes else []))
