@@ -97,6 +97,18 @@ def clip_choice(a) -> bool | None:
     return CLIP_CHOICES[getattr(a, "x0_clip", "model")]
 
 
+def weight_args(p):
+    """The methods' numeric weights; unset, each takes the model's recommendation (``method_defaults``
+    in its noisecorr.json), else the paper's value."""
+    from .methods import DEFAULTS
+
+    for flag, key, what in (("--nag-scale", "nag_scale", "NAG weight"),
+                            ("--nag-est-scale", "nag_est_scale", "estimator-based NAG weight"),
+                            ("--es-lambda", "es_lambda", "epsilon-scaling factor")):
+        p.add_argument(flag, type=float, default=None,
+                       help=f"{what} (default: the model's recommendation, else {DEFAULTS[key]:g})")
+
+
 def _method_args(p):
     from .methods import METHODS
 
@@ -104,9 +116,7 @@ def _method_args(p):
 
     p.add_argument("--method", choices=list(METHODS), default="none",
                    help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
-    p.add_argument("--nag-scale", type=float, default=None, help="NAG weight (default 3)")
-    p.add_argument("--nag-est-scale", type=float, default=None, help="estimator-based NAG weight (default 10)")
-    p.add_argument("--es-lambda", type=float, default=None, help="epsilon-scaling factor (default 1.005)")
+    weight_args(p)
     p.add_argument("--nlc-mode", choices=["reuse", "official"], default="reuse",
                    help="reuse: 1 network call per step; official: re-evaluate at the corrected level")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
@@ -718,9 +728,7 @@ def _add_extra_commands(sub, tsub, esub):
     g.add_argument("--per-class", action="store_true", help="n/classes samples of each class")
     g.add_argument("--schedule", choices=list(SCHEDULES), default="model")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
-    g.add_argument("--nag-scale", type=float, default=None, help="NAG weight (default 3)")
-    g.add_argument("--nag-est-scale", type=float, default=None, help="estimator-based NAG weight (default 10)")
-    g.add_argument("--es-lambda", type=float, default=None, help="epsilon-scaling factor (default 1.005)")
+    weight_args(g)
     g.add_argument("--nlc-mode", choices=["reuse", "official"], default="reuse")
     clip_arg(g)
     g.add_argument("--batch-size", type=int, default=50)

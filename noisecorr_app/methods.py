@@ -23,6 +23,10 @@ METHODS = {
     "self": "self-estimated level ||eps||/sqrt(n) (training-free)",
 }
 DEFAULTS = {"nag_scale": 3.0, "nag_est_scale": 10.0, "es_lambda": 1.005, "ts_window": 20, "ts_cutoff": 300}
+# The numeric settings a model folder may recommend for itself (noisecorr.json "method_defaults"):
+# the papers' values suit models trained to convergence, not necessarily ours (NAG's w = 3 made the
+# embedded model worse; its measured best is in its noisecorr.json and its card).
+TUNABLE = ("nag_scale", "nag_est_scale", "es_lambda")
 
 
 @dataclass
@@ -56,6 +60,21 @@ def check_params(nag_scale=None, nag_est_scale=None, es_lambda=None, cfg_scale=N
         raise ValueError(f"DDIM's eta must be a number from 0 to 1, got {eta}")
 
 
+def defaults_for(model) -> dict:
+    """DEFAULTS with the model's own recommendations (``method_defaults`` in its noisecorr.json) on top.
+    A recommendation outside the methods' limits is an error naming the file, not a silent fallback."""
+    info = getattr(model, "info", None) or {}
+    own = info.get("method_defaults") or {}
+    if not isinstance(own, dict):
+        raise ValueError(f"method_defaults in {info.get('folder', 'the model')}/noisecorr.json must be an object")
+    own = {k: v for k, v in own.items() if k in TUNABLE}
+    try:
+        check_params(**own)
+    except ValueError as e:
+        raise ValueError(f"{info.get('folder', 'the model')}/noisecorr.json, method_defaults: {e}") from None
+    return {**DEFAULTS, **own}
+
+
 _cache: dict = {}
 
 
@@ -80,7 +99,7 @@ def setup(method: str, model, **params) -> MethodSetup:
     if not available(model)[method]:
         raise ValueError(f"{model.name if hasattr(model, 'name') else 'this model'} has no trained weights "
                          f"for '{method}' ({METHODS[method]})")
-    p = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    p = {**defaults_for(model), **{k: v for k, v in params.items() if v is not None}}
     ex = extras_for(model)
     if method == "none":
         return MethodSetup(Correction())

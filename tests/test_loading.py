@@ -143,6 +143,28 @@ def test_class_conditional_model_with_nulls(tmp_path):
     assert torch.equal(plain.images, nag0.images) and cfg.nfe_per_image == 12
 
 
+def test_a_model_recommends_its_own_method_weights(tmp_path):
+    """noisecorr.json's method_defaults become the CLI's, the app's and the benchmark's defaults for that
+    model; an explicit setting still wins, and a bad recommendation is refused naming the file."""
+    from noisecorr_app.methods import DEFAULTS, setup
+    from noisecorr_app.ui.generate import default_nag_weight, parse_generate
+
+    extra = {"num_classes": 3, "null_class": 3, "null_timestep": 10000,
+             "method_defaults": {"nag_scale": 0.5, "note": "measured"}}
+    model = load_model(save_tiny_model(tmp_path / "m", num_class_embeds=4, extra=extra), device="cpu")
+    assert setup("nag", model).options["nag_scale"] == 0.5
+    assert setup("nag", model, nag_scale=2.0).options["nag_scale"] == 2.0
+    assert default_nag_weight("nag", model) == 0.5 and default_nag_weight("nag") == DEFAULTS["nag_scale"]
+    assert parse_generate(model, "any class", "ddim", 4, 0, 1, "nag").nag_weight == 0.5
+    plain = load_model(save_tiny_model(tmp_path / "p", num_class_embeds=4, extra={**extra, "method_defaults": {}}),
+                       device="cpu")
+    assert setup("nag", plain).options["nag_scale"] == DEFAULTS["nag_scale"]
+    bad = load_model(save_tiny_model(tmp_path / "b", num_class_embeds=4,
+                                     extra={**extra, "method_defaults": {"es_lambda": 7}}), device="cpu")
+    with pytest.raises(ValueError, match="noisecorr.json, method_defaults"):
+        setup("es", bad)
+
+
 def test_guidance_on_a_model_without_nulls_is_refused(tiny_model_dir):
     model = load_model(tiny_model_dir, device="cpu")
     with pytest.raises(ValueError, match="noise-condition dropout"):

@@ -32,8 +32,12 @@ def test_train_denoiser_runs_and_resumes(tmp_path, image_folder, monkeypatch):
     assert main(args + ["--steps", "2"]) == 0
     state = json.loads((out / "training" / "state.json").read_text())
     assert state["step"] == 2
+    # weights recommended for this model by hand (methods.defaults_for) survive the next checkpoint
+    info = json.loads((out / "noisecorr.json").read_text())
+    (out / "noisecorr.json").write_text(json.dumps({**info, "method_defaults": {"nag_scale": 0.5}}))
     assert main(args + ["--steps", "4"]) == 0                         # the same command resumes
     assert json.loads((out / "training" / "state.json").read_text())["step"] == 4
+    assert json.loads((out / "noisecorr.json").read_text())["method_defaults"] == {"nag_scale": 0.5}
     log = (out / "training" / "loss_log.csv").read_text().splitlines()
     assert log[0] == "step,loss,lr,seconds"
     # the exported folder is a loadable class-conditional model with both null conditions
@@ -48,7 +52,7 @@ def test_train_denoiser_runs_and_resumes(tmp_path, image_folder, monkeypatch):
     assert main(["card", "--folder", str(out), "--command", "train denoiser (test)", str(speed)]) == 0
     card = (out / "README.md").read_text()
     assert "| steps (shipped weights) | 4 at batch 4" in card and "train denoiser (test)" in card
-    assert "not shipped" not in card
+    assert "not shipped" not in card and "`nag_scale` 0.5 in `noisecorr.json`" in card
     assert "CPU seconds per image, ddim 3 steps, batch 1" in card
     assert (out / "loss_curve.png").exists() and Image.open(out / "samples_per_class.png").size == (8 * 32, 2 * 32)
     assert main(["card", "--folder", str(out), "--command", "x", str(out / "noisecorr.json")]) == 2   # not a report

@@ -52,6 +52,15 @@ def class_grid(model, out_png: Path, per_class: int = 8, steps: int = 50, sample
     grid(images, cols=per_class, scale=2).save(out_png)
 
 
+def _recommended(info: dict) -> str:
+    own = info.get("method_defaults") or {}
+    if not own:
+        return "none: the CLI and app use the papers' values"
+    note = own.get("note", "")
+    return ", ".join(f"`{k}` {v}" for k, v in own.items() if k != "note") + (f" ({note})" if note else "") + \
+        " in `noisecorr.json`: the CLI's and the app's defaults for this model"
+
+
 def write_denoiser_card(folder: Path, command: str, metrics: dict | None = None, samples: bool = True,
                         note: str = ""):
     from ..models.loading import load_model
@@ -89,6 +98,7 @@ project's own script on CIFAR-10. It is small enough to sample interactively on 
 | steps (shipped weights) | {steps:,} at batch {cfg['extra'].get('batch_size')} (AdamW lr {cfg['lr']}, warm-up {cfg['warmup']}, grad clip {cfg['grad_clip']}){ahead} |
 | training time | {hours:.2f} h of compute, last run on {state['device']} ({state.get('hardware') or hardware()}), precision {state['precision']} |
 | weights | EMA (decay ramping to {cfg['ema_decay']}), fp16 safetensors in `unet/`; `training/params.safetensors` holds the raw weights for resuming |
+| recommended method weights | {_recommended(info)} |
 
 Loading needs no custom code: `UNet2DModel.from_pretrained(folder, subfolder="unet")`; the null
 class is the last row of the class-embedding table, and the null noise level is the timestep

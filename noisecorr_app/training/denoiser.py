@@ -69,6 +69,12 @@ def write_model_folder(out: Path, unet_config: dict, weights: dict[str, torch.Te
     (out / "model_index.json").write_text(json.dumps(
         {"_class_name": "DDPMPipeline", "_diffusers_version": "0.42.1",
          "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}, indent=2))
+    # The method weights measured on this model and written in by hand (methods.defaults_for) stay
+    # across checkpoints; the card says which weights they were measured on.
+    previous = out / "noisecorr.json"
+    if "method_defaults" not in info and previous.exists():
+        kept = json.loads(previous.read_text()).get("method_defaults")
+        info = {**info, **({"method_defaults": kept} if kept else {})}
     (out / "noisecorr.json").write_text(json.dumps(info, indent=2))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..images import grid, to_pil
-from ..methods import DEFAULTS, METHODS, load_estimator_for, setup
+from ..methods import DEFAULTS, METHODS, defaults_for, load_estimator_for, setup
 from ..sampling.run import sample
 from ..sampling.samplers import SAMPLERS
 from .common import PREVIEW_SIDE, as_float, as_int, scale_for, side_by_side, write_bundle
@@ -32,8 +32,10 @@ class GenerateRequest:
     notes: list
 
 
-def default_nag_weight(method: str) -> float:
-    return DEFAULTS["nag_est_scale"] if method == "nag-est" else DEFAULTS["nag_scale"]
+def default_nag_weight(method: str, model=None) -> float:
+    """The weight the slider starts at: the model's recommendation when it has one, else the paper's."""
+    d = DEFAULTS if model is None else defaults_for(model)
+    return d["nag_est_scale"] if method == "nag-est" else d["nag_scale"]
 
 
 def parse_generate(model, class_name, sampler, steps, seed, n_images, correction, nag_weight=None,
@@ -48,9 +50,9 @@ def parse_generate(model, class_name, sampler, steps, seed, n_images, correction
     seed = as_int(seed, "seed", 0, 2 ** 31 - 1)
     n = as_int(n_images, "number of images", 1, MAX_IMAGES)
     label = class_index(model, class_name)
-    w = default_nag_weight(correction) if nag_weight is None else as_float(nag_weight, "NAG weight", 0, 50)
+    w = default_nag_weight(correction, model) if nag_weight is None else as_float(nag_weight, "NAG weight", 0, 50)
     cfg = as_float(1.0 if cfg_scale is None else cfg_scale, "CFG scale", 0, 20)
-    lam = DEFAULTS["es_lambda"] if es_lambda is None else as_float(es_lambda, "epsilon-scaling factor", 0.9, 1.1)
+    lam = defaults_for(model)["es_lambda"] if es_lambda is None else as_float(es_lambda, "epsilon-scaling factor", 0.9, 1.1)
     notes = []
     if cfg != 1 and label is None:
         notes.append("CFG needs a class: with 'any class' it is off (scale 1).")

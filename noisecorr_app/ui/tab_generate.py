@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..methods import DEFAULTS, defaults_for
 from ..sampling.samplers import SAMPLERS
 from . import inputs as checked
 from .common import GPU
@@ -38,10 +39,10 @@ def build(store, model_key, model, concurrency: int) -> dict:
             n = checked.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
             correction = checked.Dropdown(ok, value=first, label="Correction to compare with the baseline",
                                           allow_custom_value=True)
-            nag_w = checked.Slider(0, 20, value=default_nag_weight(first or "nag"), step=0.1, label="NAG weight w",
+            nag_w = checked.Slider(0, 20, value=default_nag_weight(first or "nag", model), step=0.1, label="NAG weight w",
                                    visible=first in NAG_METHODS)
             cfg = checked.Slider(1, 10, value=1, step=0.1, label="CFG scale (1 = off; needs a class)")
-            lam = checked.Slider(0.98, 1.02, value=1.005, step=0.001, label="Epsilon-scaling lambda",
+            lam = checked.Slider(0.98, 1.02, value=defaults_for(model)["es_lambda"], step=0.001, label="Epsilon-scaling lambda",
                                  visible=first == "es")
             go = gr.Button("Generate", variant="primary")
         with gr.Column(scale=2):
@@ -54,11 +55,15 @@ def build(store, model_key, model, concurrency: int) -> dict:
             eps = eps_plot()
             bundle = gr.File(label="Download: images (PNG) and the run's settings and traces (zip)")
 
-    def show_weights(method):
-        return (gr.update(visible=method in NAG_METHODS, value=default_nag_weight(method or "nag")),
-                gr.update(visible=method == "es"))
+    def show_weights(method, key):
+        try:                     # the session's model recommends its own weights (noisecorr.json)
+            d = defaults_for(session_model(store, key))
+        except (gr.Error, ValueError):     # it failed to load, or recommends nonsense: the papers' values
+            d = DEFAULTS
+        w = d["nag_est_scale"] if method == "nag-est" else d["nag_scale"]
+        return gr.update(visible=method in NAG_METHODS, value=w), gr.update(visible=method == "es", value=d["es_lambda"])
 
-    correction.change(show_weights, correction, [nag_w, lam], api_visibility="private", queue=False)
+    correction.change(show_weights, [correction, model_key], [nag_w, lam], api_visibility="private", queue=False)
 
     @GPU
     def generate(key, class_name, sampler_name, n_steps, seed_value, n_images, method, nag_weight, cfg_scale,
