@@ -212,11 +212,16 @@ class NLCTable(LevelCorrection):
     ``table`` (extras/nlc_table.py) holds, per sampler, the mean r over a log-sigma grid for a few
     step counts; a run interpolates between step counts in log steps, then in log sigma. The
     denoiser is evaluated once, at the corrected level, so a step costs what a plain step does.
+
+    The direction is not normalised (``normalize=False`` by default, unlike NLC): the network's eps
+    has RMS below 1 in the last steps, so scaling it up to 1 removes more noise than there is at
+    every step, and a table, blind to the state, cannot see the deficit and undo it as NLC's r does.
+    Embedded model, DDIM, 200 images: FID-C10 384 with normalisation, 235 without, at 10 steps.
     """
     name = "nlc-lut"
 
-    def __init__(self, table, **kw):
-        super().__init__(reevaluate=True, **kw)
+    def __init__(self, table, normalize: bool = False, **kw):
+        super().__init__(reevaluate=True, normalize=normalize, **kw)
         self.table, self._row = table, None
 
     def reset(self, sigmas=None, sampler=None):

@@ -57,8 +57,8 @@ def _recommended(info: dict) -> str:
     if not own:
         return "none: the CLI and app use the papers' values"
     note = own.get("note", "")
-    return ", ".join(f"`{k}` {v}" for k, v in own.items() if k != "note") + (f" ({note})" if note else "") + \
-        " in `noisecorr.json`: the CLI's and the app's defaults for this model"
+    return ", ".join(f"`{k}` {v}" for k, v in own.items() if k != "note") + \
+        " in `noisecorr.json`: the CLI's and the app's defaults for this model" + (f"; why: {note}" if note else "")
 
 
 def write_denoiser_card(folder: Path, command: str, metrics: dict | None = None, samples: bool = True,
