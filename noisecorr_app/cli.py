@@ -497,23 +497,48 @@ def _restore_correction(a, model):
 
 
 def _evaluate_estimator(a):
-    import json
-
-    from .evaluation.estimator import error_per_decade
+    from .evaluation.estimator import estimator_reader
     from .extras.estimator import load_estimator
-    from .training.data import load_images, to_tensor
 
     try:
         est = load_estimator(a.estimator)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    _decade_report(a, estimator_reader(est), {"estimator": a.estimator})
+
+
+def _evaluate_nlc(a):
+    from .evaluation.estimator import nlc_reader
+    from .extras.nlc import load_level_net
+    from .models.registry import extras_for
+
+    model = _load(a)
+    path = extras_for(model).get("nlc")
+    if path is None:
+        raise UserError(f"{model.name} has no NLC network (train one with `python -m noisecorr_app train nlc`)")
+    _decade_report(a, nlc_reader(model, load_level_net(path, device=model.device)), {"model": model.name, "nlc": str(path)})
+
+
+def _decade_report(a, reader, about: dict):
+    """Per-decade error of a level reader on held-out forward-noised images: printed, and as JSON."""
+    import json
+
+    from .evaluation.commands import _threads
+    from .evaluation.estimator import error_per_decade
+    from .training.data import load_images, to_tensor
+
+    _threads(a)
+    try:
         ds = load_images(a.data, split="test")
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
-    rows = error_per_decade(est, to_tensor(ds.images[: a.images]), per_decade=a.n)
+    rows = error_per_decade(reader, to_tensor(ds.images[: a.images]), per_decade=a.n,
+                            batch_size=getattr(a, "batch_size", 256))
     print(f"{'sigma':>12} {'bias (log)':>11} {'mean |log err|':>15} {'within 10%':>11}")
     for r in rows:
         print(f"{r['decade']:>12} {r['bias_log']:11.4f} {r['mean_abs_log_error']:15.4f} {r['within_10pct']:11.3f}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"estimator": a.estimator, "rows": rows}, indent=1))
+        Path(a.json).write_text(json.dumps({**about, "images": a.images, "per_decade": a.n, "rows": rows}, indent=1))
 
 
 def _model_args(p):
@@ -700,7 +725,19 @@ def _add_extra_commands(sub, tsub, esub):
     ee.add_argument("--images", type=int, default=2000, help="test images to draw from")
     ee.add_argument("--n", type=int, default=512, help="noised images per decade")
     ee.add_argument("--json", default=None)
+    ee.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     ee.set_defaults(func=_evaluate_estimator)
+
+    en = esub.add_parser("nlc", help="NLC's r_theta as a level reader: its error per decade of sigma on held-out "
+                                     "forward-noised images (told the true sigma)")
+    _model_args(en)
+    en.add_argument("--data", default=str(default_cifar10()))
+    en.add_argument("--images", type=int, default=2000, help="test images to draw from")
+    en.add_argument("--n", type=int, default=512, help="noised images per decade")
+    en.add_argument("--batch-size", type=int, default=64)
+    en.add_argument("--json", default=None)
+    en.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    en.set_defaults(func=_evaluate_nlc)
 
     from .evaluation.commands import generation_command, restoration_command
     from .extras.classifier import DEFAULT_CLASSIFIER

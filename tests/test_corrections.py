@@ -260,3 +260,41 @@ def test_closed_loop_table_replays_the_r_nlc_applied_on_its_own_runs(tiny_with_n
     assert applied >= 3                                    # the untrained r_theta does move the level
     with pytest.raises(ValueError, match="trajectory"):
         build_table(model, net, samplers=("ddim",), steps=(6,), n=1, trajectory="plain")
+
+
+def test_level_readers_error_per_decade(tiny_with_nlc, tmp_path, monkeypatch, capsys):
+    """A reader told the true sigma that echoes it has no error; one that reads 10% high has a log
+    bias of log 1.1 in every decade; r_theta's reading is sigma (1 + r) of its own forward pass,
+    and `evaluate nlc` prints and writes the same table."""
+    import json
+    import math
+
+    import numpy as np
+    from PIL import Image
+
+    from noisecorr_app.cli import main
+    from noisecorr_app.evaluation.estimator import error_per_decade, nlc_reader
+
+    model, net = tiny_with_nlc
+    images = torch.rand(6, 3, 8, 8) * 2 - 1
+    exact = error_per_decade(lambda x, s: s, images, sigma_min=0.1, sigma_max=50, per_decade=8)
+    assert [r["decade"] for r in exact] == ["0.1-1", "1-10", "10-50"]
+    assert all(r["bias_log"] == 0 and r["within_10pct"] == 1 for r in exact)
+    high = error_per_decade(lambda x, s: 1.1 * s, images, sigma_min=0.1, sigma_max=50, per_decade=8)
+    assert all(r["bias_log"] == pytest.approx(math.log(1.1), abs=1e-4) for r in high)
+
+    x, s = torch.randn(3, 3, 8, 8) * 2, torch.tensor([2.0, 2.0, 2.0])
+    torch.testing.assert_close(nlc_reader(model, net)(x, s), s * (1 + net(model.features(x, s), s)))
+
+    monkeypatch.setenv("NOISECORR_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "data" / "test" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "data" / "test" / c / f"{i}.png")
+    out = tmp_path / "nlc.json"
+    assert main(["evaluate", "nlc", "--model", model.info["folder"], "--data", str(tmp_path / "data"),
+                 "--n", "4", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 5 and all(math.isfinite(r["mean_abs_log_error"]) for r in rows)
+    assert rows[-1]["decade"] in capsys.readouterr().out
