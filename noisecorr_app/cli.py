@@ -74,7 +74,7 @@ def _method(a, model) -> dict:
     from .methods import load_estimator_for, setup
 
     try:
-        ms = setup(a.method, model, nag_scale=a.nag_scale, nag_est_scale=a.nag_est_scale, es_lambda=a.es_lambda,
+        ms = setup(a.method, model, steps=a.steps, nag_scale=a.nag_scale, nag_est_scale=a.nag_est_scale, es_lambda=a.es_lambda,
                    nlc_mode=a.nlc_mode)
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
@@ -106,7 +106,7 @@ def weight_args(p):
                             ("--nag-est-scale", "nag_est_scale", "estimator-based NAG weight"),
                             ("--es-lambda", "es_lambda", "epsilon-scaling factor")):
         p.add_argument(flag, type=float, default=None,
-                       help=f"{what} (default: the model's recommendation, else {DEFAULTS[key]:g})")
+                       help=f"{what} (default: the model's recommendation for the run's step count, else {DEFAULTS[key]:g})")
 
 
 def _method_args(p):
@@ -491,7 +491,7 @@ def _restore_correction(a, model):
 
     method = "nlc" if a.method == "iterproj-nlc" else a.correction
     try:
-        return setup(method, model).correction
+        return setup(method, model, steps=a.steps).correction
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
 

@@ -7,6 +7,7 @@ weights (``models.registry.extras_for``); the others work for every model.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .models.registry import extras_for
@@ -26,7 +27,9 @@ DEFAULTS = {"nag_scale": 3.0, "nag_est_scale": 10.0, "es_lambda": 1.005, "ts_win
 # The numeric settings a model folder may recommend for itself (noisecorr.json "method_defaults"):
 # the papers' values suit models trained to convergence, not necessarily ours (NAG's w = 3 made the
 # embedded model worse; its measured best is in its noisecorr.json and its card).
+# A value may depend on the step count (NAG's best weight falls as steps rise): see for_steps.
 TUNABLE = ("nag_scale", "nag_est_scale", "es_lambda")
+REFERENCE_STEPS = 20      # the app's default step count: whose recommendation applies when steps are unknown
 
 
 @dataclass
@@ -60,19 +63,53 @@ def check_params(nag_scale=None, nag_est_scale=None, es_lambda=None, cfg_scale=N
         raise ValueError(f"DDIM's eta must be a number from 0 to 1, got {eta}")
 
 
-def defaults_for(model) -> dict:
-    """DEFAULTS with the model's own recommendations (``method_defaults`` in its noisecorr.json) on top.
-    A recommendation outside the methods' limits is an error naming the file, not a silent fallback."""
+def for_steps(value, steps: int | None):
+    """A recommendation is a number, or an object keyed by step count (``{"10": 1.5, "20": 0.5}``) when the
+    best weight depends on the steps: the entry nearest ``steps`` on a log scale (ties: the larger count),
+    and for ``steps`` None the one nearest REFERENCE_STEPS."""
+    if not isinstance(value, dict):
+        return value
+    target = math.log(steps if steps else REFERENCE_STEPS)
+    return min(value.items(), key=lambda kv: (abs(math.log(int(kv[0])) - target), -int(kv[0])))[1]
+
+
+def _check_recommendations(own: dict, where: str) -> None:
+    for key, value in own.items():
+        table = value if isinstance(value, dict) else {str(REFERENCE_STEPS): value}
+        if not table or not all(str(k).isdigit() and int(k) >= 1 for k in table):
+            raise ValueError(f"{where}, method_defaults: {key} must be a number or an object keyed by step "
+                             f"counts (e.g. {{\"10\": 1.5, \"20\": 0.5}}), got {value!r}")
+        try:
+            for v in table.values():
+                check_params(**{key: v})
+        except ValueError as e:
+            raise ValueError(f"{where}, method_defaults: {e}") from None
+
+
+def recommendations(model) -> dict:
+    """DEFAULTS with the model's own recommendations (``method_defaults`` in its noisecorr.json) on top,
+    as written there: numbers, or step-keyed objects (``for_steps``). A recommendation outside the
+    methods' limits is an error naming the file, not a silent fallback."""
     info = getattr(model, "info", None) or {}
     own = info.get("method_defaults") or {}
+    where = f"{info.get('folder', 'the model')}/noisecorr.json"
     if not isinstance(own, dict):
-        raise ValueError(f"method_defaults in {info.get('folder', 'the model')}/noisecorr.json must be an object")
+        raise ValueError(f"method_defaults in {where} must be an object")
     own = {k: v for k, v in own.items() if k in TUNABLE}
-    try:
-        check_params(**own)
-    except ValueError as e:
-        raise ValueError(f"{info.get('folder', 'the model')}/noisecorr.json, method_defaults: {e}") from None
+    _check_recommendations(own, where)
     return {**DEFAULTS, **own}
+
+
+def defaults_for(model, steps: int | None = None) -> dict:
+    """The methods' settings for a run of ``steps`` steps on ``model``: its recommendations, resolved."""
+    return {k: for_steps(v, steps) for k, v in recommendations(model).items()}
+
+
+def recommended_values(model, key: str) -> set:
+    """Every value the model recommends for ``key`` (any step count), and the paper's default: the app
+    moves a slider that still shows one of these when the steps change, and leaves a user's own alone."""
+    own = recommendations(model)[key]
+    return {float(v) for v in (own.values() if isinstance(own, dict) else [own])} | {float(DEFAULTS[key])}
 
 
 _cache: dict = {}
@@ -92,14 +129,15 @@ def load_estimator_for(model):
     return None if path is None else _cached("estimator", path, lambda p: load_estimator(p, device=model.device))
 
 
-def setup(method: str, model, **params) -> MethodSetup:
-    """The correction and sample() options for a method; ValueError if the model lacks what it needs."""
+def setup(method: str, model, steps: int | None = None, **params) -> MethodSetup:
+    """The correction and sample() options for a method run with ``steps`` steps (which picks the model's
+    step-dependent recommendations); ValueError if the model lacks what it needs."""
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
     if not available(model)[method]:
         raise ValueError(f"{model.name if hasattr(model, 'name') else 'this model'} has no trained weights "
                          f"for '{method}' ({METHODS[method]})")
-    p = {**defaults_for(model), **{k: v for k, v in params.items() if v is not None}}
+    p = {**defaults_for(model, steps), **{k: v for k, v in params.items() if v is not None}}
     ex = extras_for(model)
     if method == "none":
         return MethodSetup(Correction())

@@ -139,6 +139,30 @@ def test_generation_benchmark_rows_resume_and_outputs(equipped_model, fid_setup,
     assert len(counter.calls) == 4 and len(json.loads((tmp_path / "gen.json").read_text())["rows"]) == 4
 
 
+def test_generation_uses_and_records_step_dependent_weights(equipped_model, fid_setup, tmp_path, monkeypatch,
+                                                           one_thread):
+    """A model recommending a NAG weight per step count: each cell runs with its steps' weight, and the
+    JSON's settings record the recommendation as the model gave it."""
+    import shutil
+
+    data, clf = fid_setup
+    folder = shutil.copytree(equipped_model, tmp_path / "m")
+    info = json.loads((folder / "noisecorr.json").read_text())
+    (folder / "noisecorr.json").write_text(json.dumps({**info, "method_defaults": {"nag_scale": {"2": 0.0, "3": 1.0}}}))
+    used, real = [], generation.setup
+
+    def spy(method, model, steps=None, **params):
+        ms = real(method, model, steps=steps, **params)
+        used.append((steps, ms.options["nag_scale"]))
+        return ms
+
+    monkeypatch.setattr(generation, "setup", spy)
+    assert main(generation_args(folder, data, clf, tmp_path, methods="nag", plots=False)) == 0
+    assert sorted(set(used)) == [(2, 0.0), (3, 1.0)]
+    doc = json.loads((tmp_path / "gen.json").read_text())
+    assert doc["settings"]["method_params"]["nag_scale"] == {"2": 0.0, "3": 1.0}
+
+
 def test_generation_cells_share_seeds(equipped_model, fid_setup, tmp_path, one_thread):
     """Epsilon scaling with lambda = 1 is the plain sampler: with the same seeds, every number agrees."""
     data, clf = fid_setup

@@ -159,10 +159,31 @@ def test_a_model_recommends_its_own_method_weights(tmp_path):
     plain = load_model(save_tiny_model(tmp_path / "p", num_class_embeds=4, extra={**extra, "method_defaults": {}}),
                        device="cpu")
     assert setup("nag", plain).options["nag_scale"] == DEFAULTS["nag_scale"]
-    bad = load_model(save_tiny_model(tmp_path / "b", num_class_embeds=4,
-                                     extra={**extra, "method_defaults": {"es_lambda": 7}}), device="cpu")
-    with pytest.raises(ValueError, match="noisecorr.json, method_defaults"):
-        setup("es", bad)
+    for i, wrong in enumerate(({"es_lambda": 7}, {"nag_scale": {"ten": 1.5}}, {"nag_scale": {"10": float("nan")}})):
+        bad = load_model(save_tiny_model(tmp_path / f"b{i}", num_class_embeds=4,
+                                         extra={**extra, "method_defaults": wrong}), device="cpu")
+        with pytest.raises(ValueError, match="noisecorr.json, method_defaults"):
+            setup("nag", bad)
+
+
+def test_a_recommended_weight_can_depend_on_the_steps(tmp_path):
+    """A step-keyed recommendation: each run takes the entry of the nearest step count (log scale), in
+    the library, the app's request parser and slider, and the benchmark's record of its settings."""
+    from noisecorr_app.methods import defaults_for, setup
+    from noisecorr_app.ui.generate import followed_nag_weight, parse_generate
+
+    extra = {"num_classes": 3, "null_class": 3, "null_timestep": 10000,
+             "method_defaults": {"nag_scale": {"10": 1.5, "20": 0.5}}}
+    model = load_model(save_tiny_model(tmp_path / "m", num_class_embeds=4, extra=extra), device="cpu")
+    assert [defaults_for(model, s)["nag_scale"] for s in (4, 10, 14, 15, 20, 50)] == [1.5, 1.5, 1.5, 0.5, 0.5, 0.5]
+    assert defaults_for(model)["nag_scale"] == 0.5                     # steps unknown: the app's 20
+    assert setup("nag", model, steps=8).options["nag_scale"] == 1.5
+    assert setup("nag", model, steps=8, nag_scale=2.0).options["nag_scale"] == 2.0
+    assert parse_generate(model, "any class", "ddim", 10, 0, 1, "nag").nag_weight == 1.5
+    assert parse_generate(model, "any class", "ddim", 30, 0, 1, "nag").nag_weight == 0.5
+    # the app's slider follows the steps while it shows a recommendation, and keeps a weight the user chose
+    assert followed_nag_weight(model, "nag", 10, 0.5) == 1.5 and followed_nag_weight(model, "nag", 20, 1.5) == 0.5
+    assert followed_nag_weight(model, "nag", 10, 2.2) is None and followed_nag_weight(model, "es", 10, 0.5) is None
 
 
 def test_guidance_on_a_model_without_nulls_is_refused(tiny_model_dir):

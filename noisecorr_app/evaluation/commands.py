@@ -64,7 +64,7 @@ def generation_command(a):
     import numpy as np
 
     from ..cli import UserError, _class_index, _class_map, _load, _load_classifier, clip_choice
-    from ..methods import METHODS, check_params, defaults_for
+    from ..methods import METHODS, check_params, recommendations
     from ..sampling.run import MAX_STEPS
     from ..sampling.samplers import SAMPLERS
     from .generation import KEY, Reference, evaluate_generation
@@ -99,15 +99,16 @@ def generation_command(a):
     label = None if a.per_class else _class_index(model, a.class_)
     if label is not None:
         labels, class_spec = [label] * a.n, model.class_names[label] if model.class_names else label
-    try:                        # the weights in force, the model's recommendations included, go on record
-        given = {"nag_scale": a.nag_scale, "nag_est_scale": a.nag_est_scale, "es_lambda": a.es_lambda}
-        params = {**{k: defaults_for(model)[k] for k in given}, **{k: v for k, v in given.items() if v is not None},
-                  "nlc_mode": a.nlc_mode}
+    given = {"nag_scale": a.nag_scale, "nag_est_scale": a.nag_est_scale, "es_lambda": a.es_lambda}
+    params = {**{k: v for k, v in given.items() if v is not None}, "nlc_mode": a.nlc_mode}
+    try:                        # the weights in force (numbers, or {steps: weight} as the model recommends)
+        recorded = {k: recommendations(model)[k] if v is None else v for k, v in given.items()}
     except ValueError as e:
         raise UserError(str(e)) from None
     settings = {"model": model.name, "weights": weights_fingerprint(model), "classifier": clf.fingerprint,
                 "reference": f"{data}:train", "n": a.n, "seed": a.seed, "class": class_spec, "schedule": a.schedule,
-                "eta": a.eta, "x0_clip": a.x0_clip, "method_params": params, "batch_size": a.batch_size, "device": str(model.device),
+                "eta": a.eta, "x0_clip": a.x0_clip, "method_params": {**recorded, "nlc_mode": a.nlc_mode},
+                "batch_size": a.batch_size, "device": str(model.device),
                 "kid_subsets": a.kid_subsets, "kid_subset_size": a.kid_subset_size}
     command = command_line(a.parser, a)
     # opened before the long part, so that a file of other settings is refused at once

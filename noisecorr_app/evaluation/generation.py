@@ -72,7 +72,7 @@ def run_cell(model, method: str, params: dict, *, sampler: str, steps: int, n: i
              labels: list[int] | None, schedule: str = "model", eta: float = 0.0, clip_x0: bool | None = None,
              progress=None) -> dict:
     """Sample one cell in batches; returns uint8 images, merged records, NFE and seconds per image."""
-    ms = setup(method, model, **params)
+    ms = setup(method, model, steps=steps, **params)
     options = dict(ms.options)
     found = options.get("estimator") or load_estimator_for(model)     # nag-est's own, else for the trace
     est = options["estimator"] = TimedEstimator(found) if found is not None else None

@@ -57,7 +57,11 @@ def _recommended(info: dict) -> str:
     if not own:
         return "none: the CLI and app use the papers' values"
     note = own.get("note", "")
-    return ", ".join(f"`{k}` {v}" for k, v in own.items() if k != "note") + \
+    def shown(v):              # a number, or {steps: value} (methods.for_steps)
+        return ", ".join(f"{w:g} at {k} steps" for k, w in v.items()) + " (the nearest count applies)" \
+            if isinstance(v, dict) else f"{v:g}"
+
+    return "; ".join(f"`{k}` {shown(v)}" for k, v in own.items() if k != "note") + \
         " in `noisecorr.json`: the CLI's and the app's defaults for this model" + (f"; why: {note}" if note else "")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..images import grid, to_pil
-from ..methods import DEFAULTS, METHODS, defaults_for, load_estimator_for, setup
+from ..methods import DEFAULTS, METHODS, defaults_for, load_estimator_for, recommended_values, setup
 from ..sampling.run import sample
 from ..sampling.samplers import SAMPLERS
 from .common import PREVIEW_SIDE, as_float, as_int, scale_for, side_by_side, write_bundle
@@ -15,6 +15,11 @@ from .state import ANY_CLASS, class_index
 MAX_STEPS = 200
 MAX_IMAGES = 16
 NAG_METHODS = ("nag", "nag-est")
+
+
+def nag_key(method: str) -> str:
+    """The setting the NAG weight slider edits for a method."""
+    return "nag_est_scale" if method == "nag-est" else "nag_scale"
 
 
 @dataclass
@@ -32,10 +37,24 @@ class GenerateRequest:
     notes: list
 
 
-def default_nag_weight(method: str, model=None) -> float:
-    """The weight the slider starts at: the model's recommendation when it has one, else the paper's."""
-    d = DEFAULTS if model is None else defaults_for(model)
-    return d["nag_est_scale"] if method == "nag-est" else d["nag_scale"]
+def default_nag_weight(method: str, model=None, steps: int | None = None) -> float:
+    """The weight the slider starts at: the model's recommendation for ``steps`` steps when it has one,
+    else the paper's."""
+    return (DEFAULTS if model is None else defaults_for(model, steps))[nag_key(method)]
+
+
+def followed_nag_weight(model, method: str, steps, current) -> float | None:
+    """The NAG weight slider's new value when the steps change, or None to leave it. The best weight
+    depends on the steps (a model may recommend one per step count): a slider still at one of the
+    model's recommendations follows the steps; a weight the user chose stays."""
+    if method not in NAG_METHODS:
+        return None
+    key = nag_key(method)
+    try:
+        untouched = float(current) in recommended_values(model, key)
+    except (TypeError, ValueError):          # an empty or garbled box: show the recommendation
+        untouched = True
+    return defaults_for(model, steps)[key] if untouched else None
 
 
 def parse_generate(model, class_name, sampler, steps, seed, n_images, correction, nag_weight=None,
@@ -50,9 +69,9 @@ def parse_generate(model, class_name, sampler, steps, seed, n_images, correction
     seed = as_int(seed, "seed", 0, 2 ** 31 - 1)
     n = as_int(n_images, "number of images", 1, MAX_IMAGES)
     label = class_index(model, class_name)
-    w = default_nag_weight(correction, model) if nag_weight is None else as_float(nag_weight, "NAG weight", 0, 50)
+    w = default_nag_weight(correction, model, steps) if nag_weight is None else as_float(nag_weight, "NAG weight", 0, 50)
     cfg = as_float(1.0 if cfg_scale is None else cfg_scale, "CFG scale", 0, 20)
-    lam = defaults_for(model)["es_lambda"] if es_lambda is None else as_float(es_lambda, "epsilon-scaling factor", 0.9, 1.1)
+    lam = defaults_for(model, steps)["es_lambda"] if es_lambda is None else as_float(es_lambda, "epsilon-scaling factor", 0.9, 1.1)
     notes = []
     if cfg != 1 and label is None:
         notes.append("CFG needs a class: with 'any class' it is off (scale 1).")
@@ -70,7 +89,7 @@ def run_kwargs(model, req: GenerateRequest) -> tuple[dict, dict]:
     common = dict(sampler=req.sampler, steps=req.steps, n=req.n, seed=req.seed,
                   labels=None if req.label is None else [req.label] * req.n, cfg_scale=req.cfg_scale)
     estimator = load_estimator_for(model)
-    ms = setup(req.method, model, nag_scale=req.nag_weight, nag_est_scale=req.nag_weight, es_lambda=req.es_lambda)
+    ms = setup(req.method, model, steps=req.steps, nag_scale=req.nag_weight, nag_est_scale=req.nag_weight, es_lambda=req.es_lambda)
     base = {**common, "estimator": estimator}
     corrected = {**common, "correction": ms.correction, **ms.options}
     corrected.setdefault("estimator", estimator)

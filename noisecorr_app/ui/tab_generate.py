@@ -7,8 +7,8 @@ from ..methods import DEFAULTS, defaults_for
 from ..sampling.samplers import SAMPLERS
 from . import inputs as checked
 from .common import GPU
-from .generate import MAX_IMAGES, MAX_STEPS, NAG_METHODS, default_nag_weight, generate_outputs, needs_exclusive, \
-    parse_generate, preview, run_generate
+from .generate import MAX_IMAGES, MAX_STEPS, NAG_METHODS, default_nag_weight, followed_nag_weight, generate_outputs, \
+    nag_key, needs_exclusive, parse_generate, preview, run_generate
 from .plots import EPS_Y, SIGMA_Y
 from .state import ANY_CLASS, class_choices, correction_choices, default_correction
 from .wiring import SAMPLING, png, run_streamed, session_model, user_error
@@ -16,6 +16,9 @@ from .wiring import SAMPLING, png, run_streamed, session_model, user_error
 
 # Plots start with no value: one that starts as an empty DataFrame draws no lines when a result
 # arrives (Gradio 6.31 in chromium: axes but invisible lines and no legend).
+START_STEPS = 20
+
+
 def sigma_plot(label="Noise level per step: scheduled vs estimated (log10 sigma)"):
     return gr.LinePlot(None, x="step", y=SIGMA_Y, color="series",
                        label=label, x_title="step", y_title="log10 sigma")
@@ -34,12 +37,12 @@ def build(store, model_key, model, concurrency: int) -> dict:
         with gr.Column(scale=1, min_width=260):
             cls = checked.Dropdown(class_choices(model), value=ANY_CLASS, label="Class", allow_custom_value=True)
             sampler = checked.Dropdown(list(SAMPLERS), value="ddim", label="Sampler", allow_custom_value=True)
-            steps = checked.Slider(1, MAX_STEPS, value=20, step=1, label="Steps")
+            steps = checked.Slider(1, MAX_STEPS, value=START_STEPS, step=1, label="Steps")
             seed = checked.Number(0, precision=0, minimum=0, label="Seed")
             n = checked.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
             correction = checked.Dropdown(ok, value=first, label="Correction to compare with the baseline",
                                           allow_custom_value=True)
-            nag_w = checked.Slider(0, 20, value=default_nag_weight(first or "nag", model), step=0.1, label="NAG weight w",
+            nag_w = checked.Slider(0, 20, value=default_nag_weight(first or "nag", model, START_STEPS), step=0.1, label="NAG weight w",
                                    visible=first in NAG_METHODS)
             cfg = checked.Slider(1, 10, value=1, step=0.1, label="CFG scale (1 = off; needs a class)")
             lam = checked.Slider(0.98, 1.02, value=defaults_for(model)["es_lambda"], step=0.001, label="Epsilon-scaling lambda",
@@ -55,15 +58,25 @@ def build(store, model_key, model, concurrency: int) -> dict:
             eps = eps_plot()
             bundle = gr.File(label="Download: images (PNG) and the run's settings and traces (zip)")
 
-    def show_weights(method, key):
+    def recommended(key, n_steps):
         try:                     # the session's model recommends its own weights (noisecorr.json)
-            d = defaults_for(session_model(store, key))
-        except (gr.Error, ValueError):     # it failed to load, or recommends nonsense: the papers' values
-            d = DEFAULTS
-        w = d["nag_est_scale"] if method == "nag-est" else d["nag_scale"]
-        return gr.update(visible=method in NAG_METHODS, value=w), gr.update(visible=method == "es", value=d["es_lambda"])
+            model = session_model(store, key)
+            return model, defaults_for(model, n_steps)
+        except (gr.Error, ValueError, TypeError):   # it failed to load, or recommends nonsense: the papers'
+            return None, DEFAULTS
 
-    correction.change(show_weights, [correction, model_key], [nag_w, lam], api_visibility="private", queue=False)
+    def show_weights(method, key, n_steps):
+        _, d = recommended(key, n_steps)
+        return gr.update(visible=method in NAG_METHODS, value=d[nag_key(method)]), \
+            gr.update(visible=method == "es", value=d["es_lambda"])
+
+    def follow_steps(method, key, n_steps, w):
+        model, _ = recommended(key, n_steps)
+        value = None if model is None else followed_nag_weight(model, method, n_steps, w)
+        return gr.update() if value is None else gr.update(value=value)
+
+    correction.change(show_weights, [correction, model_key, steps], [nag_w, lam], api_visibility="private", queue=False)
+    steps.change(follow_steps, [correction, model_key, steps, nag_w], [nag_w], api_visibility="private", queue=False)
 
     @GPU
     def generate(key, class_name, sampler_name, n_steps, seed_value, n_images, method, nag_weight, cfg_scale,
