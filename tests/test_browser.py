@@ -1,6 +1,7 @@
 """The app in a real browser (Playwright driving Debian's chromium): the page opens, all six tabs
 show, Generate and Super-resolution run from their buttons, both result images and the
-noise-level plot render, and no script error happens on the page. A screenshot is saved."""
+noise-level plot render, the NAG weight follows the steps as the model recommends, and no script
+error happens on the page. A screenshot is saved."""
 import os
 from pathlib import Path
 
@@ -20,7 +21,8 @@ def url(tmp_path_factory):
 
     folder = save_tiny_model(tmp_path_factory.mktemp("browser") / "model", num_class_embeds=4,
                              extra={"num_classes": 3, "null_class": 3, "null_timestep": 10000,
-                                    "class_names": ["a", "b", "c"]})
+                                    "class_names": ["a", "b", "c"],
+                                    "method_defaults": {"nag_scale": {"10": 1.5, "20": 0.5}}})
     demo = build_demo(str(folder), device="cpu")
     launch(demo, prevent_thread_lock=True, server_port=None, quiet=True)
     yield demo.local_url
@@ -72,6 +74,20 @@ def test_browser_runs_generate_and_a_restoration(url, tmp_path):
             expect(page.locator("#super_resolution-metrics")).to_contain_text("PSNR", timeout=90_000)
             widths = [_loaded_image(page, f"super_resolution-{k}") for k in ("degraded", "baseline", "corrected")]
             assert widths == [256, 256, 256]
+            # the NAG weight follows the steps while it shows the model's recommendation, not once set by hand
+            page.get_by_role("tab", name="Generate").click()
+            steps = page.get_by_label("number input for Steps", exact=True)
+            weight = page.get_by_label("number input for NAG weight w", exact=True)
+            assert weight.input_value() == "0.5"
+            steps.fill("10")
+            steps.press("Enter")
+            expect(weight).to_have_value("1.5", timeout=30_000)
+            weight.fill("2.2")
+            weight.press("Enter")
+            steps.fill("20")
+            steps.press("Enter")
+            page.wait_for_timeout(2_000)
+            assert weight.input_value() == "2.2"
             shot = tmp_path / "app.png"
             page.screenshot(path=str(shot), full_page=True)
             print(f"screenshot: {shot}")
