@@ -169,3 +169,26 @@ def test_shipped_model_samples_are_classified_as_their_class(monkeypatch):
         pytest.xfail(f"early checkpoint ({steps} steps): {hits}/50 samples classified as their class "
                      f"(P under chance {p_chance:.2f})")
     assert hits >= 15, f"{hits}/50 samples classified as their class (P under chance {p_chance:.2f})"
+
+
+def test_decoded_images_are_cached_by_the_tarballs_content(tmp_path, image_folder, monkeypatch):
+    """A fresh copy of the same tarball (../shared is laid out anew each session) finds the decoded
+    arrays; a tarball with other content does not."""
+    import shutil
+    import tarfile
+
+    from noisecorr_app.training import data
+
+    monkeypatch.setenv("NOISECORR_CACHE", str(tmp_path / "cache"))
+    tarball = tmp_path / "a.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(image_folder / "train", arcname="imgs/train")
+    first = data.load_images(tarball, split="train")
+    copy = shutil.copy(tarball, tmp_path / "copy.tar.gz")
+    decoded = []
+    monkeypatch.setattr(data, "_decode", lambda *a: decoded.append(1) or np.zeros((16, 16, 3), np.uint8))
+    again = data.load_images(copy, split="train")
+    assert decoded == [] and np.array_equal(again.images, first.images) and len(first) == 8
+    with tarfile.open(tmp_path / "other.tar.gz", "w:gz") as tar:
+        tar.add(image_folder / "train" / "cat", arcname="imgs/train/cat")
+    assert len(data.load_images(tmp_path / "other.tar.gz", split="train")) == 4 and len(decoded) == 4

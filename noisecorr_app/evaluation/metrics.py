@@ -163,14 +163,13 @@ class ReferenceFeatures:
 def reference_features(classifier, data: str | Path | None = None, split: str | None = "train",
                        image_size: int | None = 32, batch_size: int = 500, progress: bool = True) -> ReferenceFeatures:
     """Classifier features of a whole data split (default: the CIFAR-10 train split), cached on disk
-    keyed by the classifier's weights hash and the data file's path, size and modification time."""
-    from ..training.data import cache_dir, default_cifar10, load_images
+    keyed by the classifier's weights hash and the data's fingerprint."""
+    from ..training.data import cache_dir, data_fingerprint, default_cifar10, load_images
 
     path = Path(data) if data is not None else default_cifar10()
     if not path.exists():
         raise FileNotFoundError(f"no data at {path}")
-    st = path.stat()
-    key = hashlib.sha1(f"{classifier_fingerprint(classifier)}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|"
+    key = hashlib.sha1(f"{classifier_fingerprint(classifier)}|{data_fingerprint(path)}|"
                        f"{split}|{image_size}".encode()).hexdigest()[:16]
     cached = cache_dir() / f"fidc10-features-{key}.npz"
     source = f"{path.name}:{split or 'all'}"

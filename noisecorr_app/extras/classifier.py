@@ -14,12 +14,13 @@ Weights are stored as ``model.safetensors`` + ``config.json`` in a folder; nothi
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..training.data import file_sha1
 
 DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[2] / "weights" / "cifar10-classifier"
 WEIGHTS_FILE = "model.safetensors"
@@ -83,14 +84,6 @@ class CifarClassifier(nn.Module):
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def file_sha1(path: str | Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_classifier(model: CifarClassifier, folder: str | Path, info: dict | None = None,

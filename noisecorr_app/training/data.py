@@ -2,7 +2,7 @@
 
 Class labels come from the name of each image's parent folder, sorted alphabetically.
 Decoding the 60,000 CIFAR-10 JPEGs takes minutes, so the decoded arrays are cached as
-``.npz`` keyed by the source's path, size and modification time.
+``.npz`` keyed by the source's ``data_fingerprint``.
 """
 from __future__ import annotations
 
@@ -69,6 +69,31 @@ def _iter_files(path: Path, split: str | None):
         raise FileNotFoundError(f"{path} is neither an image folder nor a tarball")
 
 
+def file_sha1(path: str | Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_hashed: dict = {}
+
+
+def data_fingerprint(path: str | Path) -> str:
+    """What names a data set in cache keys. A file (a tarball) by its content: a fresh copy of the same
+    file (../shared is laid out anew for each session, with new times) still finds its cache; hashing
+    the 170 MB CIFAR-10 tarball takes about a second, once per process. A folder by its path and time."""
+    path = Path(path).resolve()
+    st = path.stat()
+    if path.is_file():
+        seen = (str(path), st.st_size, st.st_mtime_ns)
+        if seen not in _hashed:
+            _hashed[seen] = f"sha1:{file_sha1(path)}"
+        return _hashed[seen]
+    return f"{path}|{st.st_mtime_ns}"
+
+
 def load_images(path: str | Path, split: str | None = None, size: int | None = None,
                 use_cache: bool = True) -> ImageSet:
     """Load every image under ``path`` (folder or tarball), optionally only one split.
@@ -79,8 +104,7 @@ def load_images(path: str | Path, split: str | None = None, size: int | None = N
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no data at {path}")
-    st = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{split}|{size}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{data_fingerprint(path)}|{split}|{size}".encode()).hexdigest()[:16]
     cached = cache_dir() / f"images-{key}.npz"
     if use_cache and cached.exists():
         z = np.load(cached, allow_pickle=False)
