@@ -399,6 +399,35 @@ def _train_nlc(a):
         raise UserError(str(e)) from None
 
 
+def _calibrate_estimator(a):
+    import json
+
+    from tqdm import tqdm
+
+    from .evaluation.commands import _threads
+    from .evaluation.results import command_line
+    from .extras.estimator import calibrate, load_estimator, save_estimator
+    from .training.data import load_images, to_tensor
+
+    if not 2 <= a.knots <= 1000 or a.images < 1:
+        raise UserError("--knots must be from 2 to 1000 and --images at least 1")
+    _threads(a)
+    folder = Path(a.estimator)
+    try:
+        est = load_estimator(folder)
+        ds = load_images(a.data, split="train")
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    images = to_tensor(ds.images[: a.images])
+    with tqdm(total=a.knots, desc="calibrating (sigma levels)", unit="level") as bar:
+        fitted = calibrate(est, images, knots=a.knots, seed=a.seed, progress=bar.update)
+    info = json.loads((folder / "config.json").read_text()).get("info", {})
+    save_estimator(fitted, folder, {**info, "calibration": {
+        "data": f"{a.data}:train", "images": len(images), "knots": a.knots, "seed": a.seed,
+        "sigma": [0.01, 160.0], "command": command_line(a.parser, a)}})
+    print(f"calibrated {folder}: {a.knots} levels from 0.01 to 160, {len(images)} train images each")
+
+
 def _build_lut(a):
     from tqdm import tqdm
 
@@ -682,6 +711,16 @@ def _add_extra_commands(sub, tsub, esub):
     n.add_argument("--minutes", type=float, default=None)
     n.add_argument("--threads", type=int, default=None)
     n.set_defaults(func=_train_nlc)
+
+    c = sub.add_parser("calibrate-estimator",
+                       help="make the noise-level estimator's median reading exact on forward-noised train images")
+    c.add_argument("--estimator", default="weights/cifar10-noise-estimator")
+    c.add_argument("--data", default=str(default_cifar10()))
+    c.add_argument("--images", type=int, default=1000, help="train images, each noised at every level")
+    c.add_argument("--knots", type=int, default=49, help="log-spaced sigma levels from 0.01 to 160")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--threads", type=int, default=None)
+    c.set_defaults(func=_calibrate_estimator, parser=c)
 
     b = sub.add_parser("build-lut", help="record NLC's average correction as a lookup table")
     _model_args(b)
