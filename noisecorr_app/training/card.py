@@ -146,6 +146,7 @@ def metrics_from_reports(paths) -> dict[str, str]:
                 cls = s.get("class")
                 what = (f"{s['n']:,} samples, {s['sampler']} {s['steps']} steps"
                         + ("" if s.get("method") in (None, "none") else f", {s['method']}")
+                        + ("" if s.get("cfg_scale", 1.0) == 1 else f", CFG {s['cfg_scale']:g}")
                         + (", unconditional" if cls is None else f", class {cls}"))
             rows[f"FID-C10 / KID-C10, {what}"] = f"{doc['fid_c10']:.3f} / {doc['kid_c10_mean']:.5f}"
             if "accuracy" in doc:
