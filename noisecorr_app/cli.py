@@ -503,6 +503,20 @@ def _restore(a):
           f"consistency {float(res.consistency.mean()):.2e}, {res.nfe_per_image:g} NFE; images in {out}")
 
 
+def restore_method_args(p):
+    """--eta, --grid and --tail-steps, shared by `restore` and `evaluate restoration` (``_restore_options``
+    checks them)."""
+    p.add_argument("--eta", type=float, default=0.85, help="DDIM stochasticity of every method (0.85: DDNM's "
+                                                           "and the official IterProj's)")
+    p.add_argument("--grid", default="model", choices=["model", "loglinear"],
+                   help="iterproj: the main sigma grid, model (DDNM's: the model's timesteps, 'leading'; default; "
+                        "measured: ahead at 20 steps, level at 100) or loglinear (the official IterProj's, 100 down "
+                        "to the model's sigma_min)")
+    p.add_argument("--tail-steps", type=int, default=None,
+                   help="iterproj: steps of the cyclic small-sigma tail, taken from the budget (default none; "
+                        "the official setting is 20%% of --steps)")
+
+
 def _restore_options(a) -> dict:
     """--eta, --tail-steps and --grid, checked here so a bad value is one message before any model loads."""
     import math
@@ -749,15 +763,7 @@ def _add_extra_commands(sub, tsub, esub):
     r.add_argument("--blur-sigma", type=float, default=3.0)
     r.add_argument("--cs-ratio", type=float, default=0.25)
     r.add_argument("--steps", type=int, default=100)
-    r.add_argument("--eta", type=float, default=0.85, help="DDIM stochasticity of every method (0.85: DDNM's "
-                                                               "and the official IterProj's)")
-    r.add_argument("--grid", default="model", choices=["model", "loglinear"],
-                   help="iterproj: the main sigma grid, model (DDNM's: the model's timesteps, 'leading'; "
-                        "default, measured best at 20 and 100 steps) or loglinear (the official IterProj's, "
-                        "100 down to the model's sigma_min)")
-    r.add_argument("--tail-steps", type=int, default=None,
-                   help="iterproj: steps of the cyclic small-sigma tail, taken from the budget (default none; "
-                        "the official setting is 20%% of --steps)")
+    restore_method_args(r)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", required=True)
     r.set_defaults(func=_restore)
@@ -831,15 +837,7 @@ def _add_extra_commands(sub, tsub, esub):
     rb.add_argument("--data", default=str(default_cifar10()), help="CIFAR-10 tarball or folder, used without --images")
     rb.add_argument("--n", type=int, default=200, help="images")
     rb.add_argument("--steps", type=int, default=100, help="network-evaluation budget per image")
-    rb.add_argument("--eta", type=float, default=0.85, help="DDIM stochasticity of every method (0.85: DDNM's "
-                                                               "and the official IterProj's)")
-    rb.add_argument("--grid", default="model", choices=["model", "loglinear"],
-                   help="iterproj: the main sigma grid, model (DDNM's: the model's timesteps, 'leading'; "
-                        "default, measured best at 20 and 100 steps) or loglinear (the official IterProj's, "
-                        "100 down to the model's sigma_min)")
-    rb.add_argument("--tail-steps", type=int, default=None,
-                   help="iterproj: steps of the cyclic small-sigma tail, taken from the budget (default none; "
-                        "the official setting is 20%% of --steps)")
+    restore_method_args(rb)
     rb.add_argument("--seed", type=int, default=0)
     rb.add_argument("--batch-size", type=int, default=20)
     rb.add_argument("--mask-kind", default="box", choices=["box", "random", "half"])

@@ -30,7 +30,8 @@ table uses test images), 20 NFE, IterProj-NLC minus DDNM in dB, sr4 / inpaint / 
 cs: log-linear grid -0.02 / -0.47 / -0.02 / -0.48 / -0.37 at sigma_y = 0 and +0.04 / -0.25 / -0.72 /
 -0.12 / -0.32 at 0.05; DDNM's grid +0.07 / +0.02 / +0.06 / +0.80 / +0.00 and +0.07 / +0.05 / -0.67 /
 +0.59 / +0.03 (diffusers' 'trailing' spacing, tried at 0.05: within 0.16 dB of 'leading').
-GRID_100_NOTE
+At 100 NFE (16 train images, sigma_y = 0) the two grids are level: log-linear +0.06 / +0.11 / -0.02 /
++0.28 / +0.48 (average +0.18), DDNM's +0.19 / +0.04 / +0.10 / +0.25 / +0.08 (+0.13).
 On DDNM's grid and at sigma_y = 0 IterProj without NLC *is* DDNM step for step (every x0 is
 consistent, so the last one is kept): the table's IterProj-NLC minus IterProj is NLC's own effect.
 Noisy deblurring is the exception, NLC's loss there is the projection's own noise shift: DDNM+'s
