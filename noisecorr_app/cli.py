@@ -504,8 +504,8 @@ def _restore(a):
 
 
 def restore_method_args(p):
-    """--eta, --grid and --tail-steps, shared by `restore` and `evaluate restoration` (``_restore_options``
-    checks them)."""
+    """--eta, --grid, --tail-steps and --next-level, shared by `restore` and `evaluate restoration`
+    (``_restore_options`` checks them)."""
     p.add_argument("--eta", type=float, default=0.85, help="DDIM stochasticity of every method (0.85: DDNM's "
                                                            "and the official IterProj's)")
     p.add_argument("--grid", default="model", choices=["model", "loglinear"],
@@ -515,17 +515,20 @@ def restore_method_args(p):
     p.add_argument("--tail-steps", type=int, default=None,
                    help="iterproj: steps of the cyclic small-sigma tail, taken from the budget (default none; "
                         "the official setting is 20%% of --steps)")
+    p.add_argument("--next-level", default="scheduled", choices=["scheduled", "corrected"],
+                   help="iterproj-nlc: re-noise each step to the scheduled level (default; measured better with "
+                        "noisy measurements) or to the NLC-corrected one, sigma_next (1 + r), as the official code")
 
 
 def _restore_options(a) -> dict:
-    """--eta, --tail-steps and --grid, checked here so a bad value is one message before any model loads."""
+    """The restore_method_args options, checked here so a bad value is one message before any model loads."""
     import math
 
     if not (math.isfinite(a.eta) and 0 <= a.eta <= 1):
         raise UserError(f"--eta must be in [0, 1], got {a.eta}")
     if a.tail_steps is not None and not 0 <= a.tail_steps < a.steps:
         raise UserError(f"--tail-steps must be from 0 to --steps - 1 ({a.steps - 1}), got {a.tail_steps}")
-    return {"eta": a.eta, "tail_steps": a.tail_steps, "grid": a.grid}
+    return {"eta": a.eta, "tail_steps": a.tail_steps, "grid": a.grid, "next_level": a.next_level}
 
 
 def _restore_correction(a, model):

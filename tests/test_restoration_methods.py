@@ -267,6 +267,28 @@ def test_iterproj_grids(prior, truth):
         restore(prior, op, y, method="iterproj", steps=5, sigma_max=50.0)
 
 
+def test_level_correction_steps_to_the_scheduled_level(prior, truth):
+    """Inside the projection loop a level correction sets the level the network is evaluated at; the
+    step re-noises to the scheduled sigma_next (ours) or, on request, to sigma_next (1 + r) (official).
+    Without a level correction the two rules are the same."""
+    op = make_operator("colorize", 32)
+    y = degrade(op, truth)
+    high = OracleLevel(lambda x, s, i: 1.2 * s)                     # reads 20% more noise than scheduled
+    ours = restore(prior, op, y, method="iterproj-nlc", steps=8, correction=high)
+    official = restore(prior, op, y, method="iterproj-nlc", steps=8, correction=high, next_level="corrected")
+    assert ours.settings["next_level"] == "scheduled" and official.settings["next_level"] == "corrected"
+    assert not torch.equal(ours.images, official.images)
+    x = prior.draw(2, 7) + 2.0 * torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    sigma, sigma_next = torch.full((2,), 2.0), torch.full((2,), 1.0)
+    for rule, want in (("scheduled", 1.0), ("corrected", 1.2)):
+        p = Projected(high, op, y, next_level=rule).predict(prior, x, sigma, sigma_next, None, 3)
+        assert p.sigma.tolist() == pytest.approx([2.4, 2.4]) and p.sigma_next.tolist() == pytest.approx([want, want])
+    plain = [restore(prior, op, y, method="iterproj", steps=8, next_level=v).images for v in ("scheduled", "corrected")]
+    assert torch.equal(plain[0], plain[1])
+    with pytest.raises(ValueError, match="next_level"):
+        restore(prior, op, y, method="iterproj", steps=8, next_level="nominal")
+
+
 def test_ddim_renoises_correctly_on_the_upward_jumps():
     """The samplers take any sigma array: a step to a larger sigma re-noises from x0 (DDIM form)."""
     model = PixelGaussian(size=16, s=0.3)
