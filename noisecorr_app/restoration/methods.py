@@ -46,6 +46,8 @@ evaluated at, the schedule the level stepped to, and every step measures afresh.
 train images (DDNM's grid, 20 NFE) IterProj-NLC minus DDNM went, sigma_y = 0: +0.07 / +0.02 / +0.06 /
 +0.80 / +0.00 -> -0.03 / +0.10 / -0.04 / +0.77 / +0.02 (average +0.19 -> +0.16); sigma_y = 0.05:
 +0.07 / +0.05 / -0.67 / +0.59 / +0.03 -> -0.01 / +0.12 / +1.27 / +0.73 / +0.05 (+0.01 -> +0.43).
+At 100 NFE (16 train images, DDNM's grid): +0.13 -> +0.24 at sigma_y = 0 and +0.00 -> +0.36 at 0.05,
+ahead of DDNM on all 10 rows with the scheduled level.
 ``next_level="corrected"`` (CLI ``--next-level corrected``) is the official rule. Also tried with
 both decisions in place (same images, IterProj-NLC against itself): NLC without its normalisation
 -0.04 to -0.19 dB on all 10 rows; the official 20% tail (4 of 20 steps) -0.99 to +0.23, worse on
