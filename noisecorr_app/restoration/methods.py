@@ -32,8 +32,10 @@ cs: log-linear grid -0.02 / -0.47 / -0.02 / -0.48 / -0.37 at sigma_y = 0 and +0.
 +0.59 / +0.03 (diffusers' 'trailing' spacing, tried at 0.05: within 0.16 dB of 'leading').
 At 100 NFE (16 train images, sigma_y = 0) the two grids are level: log-linear +0.06 / +0.11 / -0.02 /
 +0.28 / +0.48 (average +0.18), DDNM's +0.19 / +0.04 / +0.10 / +0.25 / +0.08 (+0.13).
-On DDNM's grid and at sigma_y = 0 IterProj without NLC *is* DDNM step for step (every x0 is
-consistent, so the last one is kept): the table's IterProj-NLC minus IterProj is NLC's own effect.
+(These grid figures were taken with the official next level, before the decision below.) On DDNM's
+grid IterProj without NLC is DDNM step for step, differing only where its selection keeps an
+earlier, more consistent x0 (0.001 dB or less in the README's table): the table's IterProj-NLC minus
+IterProj is NLC's own effect.
 The level a level correction re-noises to (our decision, measured): the official loop steps to
 ``sigma_next (1 + r)`` as NLC does in plain sampling, but after a projection r does not describe the
 next state. With noisy measurements DDNM+'s per-component damping passes up to sigma_next of
@@ -140,9 +142,9 @@ from ..sampling.schedules import LogLinear, ModelSpacing
 from ..sampling.trace import light, step_summary
 from .operators import Inpainting, Operator
 
-__all__ = ["METHODS", "SIGMA_Y_MAX", "Projected", "RestoreResult", "restore", "degrade", "cyclic_tail",
-           "iterproj_sigmas", "default_tail_steps", "model_noise", "check_sigma_y", "measurement_size",
-           "pinv_noise_gain"]
+__all__ = ["METHODS", "SIGMA_Y_MAX", "GRIDS", "NEXT_LEVELS", "Projected", "RestoreResult", "restore", "degrade",
+           "cyclic_tail", "with_tail", "iterproj_sigmas", "model_grid", "default_tail_steps", "model_noise",
+           "check_sigma_y", "measurement_size", "pinv_noise_gain"]
 
 METHODS = ("ddnm", "iterproj", "iterproj-nlc")
 SIGMA_Y_MAX = 0.2            # largest measurement noise std, [0, 1] pixel units
