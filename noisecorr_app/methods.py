@@ -23,12 +23,13 @@ METHODS = {
     "ts": "time-shift sampler (training-free)",
     "self": "self-estimated level ||eps||/sqrt(n) (training-free)",
 }
-DEFAULTS = {"nag_scale": 3.0, "nag_est_scale": 10.0, "es_lambda": 1.005, "ts_window": 20, "ts_cutoff": 300}
+DEFAULTS = {"nag_scale": 3.0, "nag_est_scale": 10.0, "es_lambda": 1.005, "ts_window": 20, "ts_cutoff": 300,
+            "cfg_scale": 1.0}
 # The numeric settings a model folder may recommend for itself (noisecorr.json "method_defaults"):
 # the papers' values suit models trained to convergence, not necessarily ours (NAG's w = 3 made the
 # embedded model worse; its measured best is in its noisecorr.json and its card).
 # A value may depend on the step count (NAG's best weight falls as steps rise): see for_steps.
-TUNABLE = ("nag_scale", "nag_est_scale", "es_lambda")
+TUNABLE = ("nag_scale", "nag_est_scale", "es_lambda", "cfg_scale")   # cfg_scale: the app's start when a class is picked
 REFERENCE_STEPS = 20      # the app's default step count: whose recommendation applies when steps are unknown
 
 

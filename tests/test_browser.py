@@ -1,7 +1,7 @@
 """The app in a real browser (Playwright driving Debian's chromium): the page opens, all six tabs
 show, Generate and Super-resolution run from their buttons, both result images and the
-noise-level plot render, the NAG weight follows the steps as the model recommends, and no script
-error happens on the page. A screenshot is saved."""
+noise-level plot render, the NAG weight follows the steps and the CFG scale the class as the model
+recommends, and no script error happens on the page. A screenshot is saved."""
 import os
 from pathlib import Path
 
@@ -22,7 +22,7 @@ def url(tmp_path_factory):
     folder = save_tiny_model(tmp_path_factory.mktemp("browser") / "model", num_class_embeds=4,
                              extra={"num_classes": 3, "null_class": 3, "null_timestep": 10000,
                                     "class_names": ["a", "b", "c"],
-                                    "method_defaults": {"nag_scale": {"10": 1.5, "20": 0.5}}})
+                                    "method_defaults": {"nag_scale": {"10": 1.5, "20": 0.5}, "cfg_scale": 3.0}})
     demo = build_demo(str(folder), device="cpu")
     launch(demo, prevent_thread_lock=True, server_port=None, quiet=True)
     yield demo.local_url
@@ -88,6 +88,13 @@ def test_browser_runs_generate_and_a_restoration(url, tmp_path):
             steps.press("Enter")
             page.wait_for_timeout(2_000)
             assert weight.input_value() == "2.2"
+            # picking a class turns CFG on at the model's recommendation (3); 'any class' turns it off again
+            cfg = page.get_by_label("number input for CFG scale (1 = off; needs a class)", exact=True)
+            assert cfg.input_value() == "1"
+            for name, want in (("b", "3"), ("any class", "1")):
+                page.get_by_label("Class", exact=True).click()
+                page.get_by_role("option", name=name, exact=True).click()
+                expect(cfg).to_have_value(want, timeout=30_000)
             shot = tmp_path / "app.png"
             page.screenshot(path=str(shot), full_page=True)
             print(f"screenshot: {shot}")

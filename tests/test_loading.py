@@ -186,6 +186,28 @@ def test_a_recommended_weight_can_depend_on_the_steps(tmp_path):
     assert followed_nag_weight(model, "nag", 10, 2.2) is None and followed_nag_weight(model, "es", 10, 0.5) is None
 
 
+def test_the_cfg_slider_follows_the_class_with_the_models_recommendation(tmp_path):
+    """Picking a class moves a CFG slider still at 1 to the model's recommended scale; 'any class' turns a
+    slider still at that scale off; a scale the user chose stays. Without a recommendation (or a null
+    class) the slider is left alone."""
+    from noisecorr_app.methods import defaults_for
+    from noisecorr_app.ui.generate import followed_cfg_scale
+
+    extra = {"num_classes": 3, "null_class": 3, "null_timestep": 10000, "method_defaults": {"cfg_scale": 3.0}}
+    model = load_model(save_tiny_model(tmp_path / "m", num_class_embeds=4, extra=extra), device="cpu")
+    assert followed_cfg_scale(model, "1", 1) == 3.0 and followed_cfg_scale(model, "any class", 3) == 1.0
+    assert followed_cfg_scale(model, "2", 3) is None and followed_cfg_scale(model, "1", 4.5) is None
+    assert followed_cfg_scale(model, "any class", 4.5) is None and followed_cfg_scale(model, "1", "") is None
+    plain = load_model(save_tiny_model(tmp_path / "p", num_class_embeds=4, extra={**extra, "method_defaults": {}}),
+                       device="cpu")
+    assert followed_cfg_scale(plain, "1", 1) is None
+    bad = load_model(save_tiny_model(tmp_path / "b", num_class_embeds=4,
+                                     extra={**extra, "method_defaults": {"cfg_scale": 1e9}}), device="cpu")
+    with pytest.raises(ValueError, match="method_defaults: cfg_scale"):
+        defaults_for(bad)
+    assert followed_cfg_scale(bad, "1", 1) is None                     # the slider is left alone
+
+
 def test_guidance_on_a_model_without_nulls_is_refused(tiny_model_dir):
     model = load_model(tiny_model_dir, device="cpu")
     with pytest.raises(ValueError, match="noise-condition dropout"):

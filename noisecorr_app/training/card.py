@@ -56,13 +56,17 @@ def _recommended(info: dict) -> str:
     own = info.get("method_defaults") or {}
     if not own:
         return "none: the CLI and app use the papers' values"
-    note = own.get("note", "")
+    from ..methods import TUNABLE
+
+    notes = [v for k, v in own.items() if k.endswith("note") and v]
+
     def shown(v):              # a number, or {steps: value} (methods.for_steps)
         return ", ".join(f"{w:g} at {k} steps" for k, w in v.items()) + " (the nearest count applies)" \
             if isinstance(v, dict) else f"{v:g}"
 
-    return "; ".join(f"`{k}` {shown(v)}" for k, v in own.items() if k != "note") + \
-        " in `noisecorr.json`: the CLI's and the app's defaults for this model" + (f"; why: {note}" if note else "")
+    return "; ".join(f"`{k}` {shown(v)}" for k, v in own.items() if k in TUNABLE) + \
+        " in `noisecorr.json`: the CLI's and the app's defaults for this model (`cfg_scale`: the app's, when a " \
+        "class is picked)" + (f"; why: {' / '.join(notes)}" if notes else "")
 
 
 def write_denoiser_card(folder: Path, command: str, metrics: dict | None = None, samples: bool = True,

@@ -57,6 +57,24 @@ def followed_nag_weight(model, method: str, steps, current) -> float | None:
     return defaults_for(model, steps)[key] if untouched else None
 
 
+def followed_cfg_scale(model, class_name, current) -> float | None:
+    """The CFG slider's new value when the class changes, or None to leave it. Picking a class moves a
+    slider still at 1 (off) to the model's recommended scale (its noisecorr.json; 1 when it has none);
+    going back to 'any class' turns a slider still at that recommendation off again. A scale the user
+    chose stays."""
+    try:
+        label = class_index(model, class_name)
+        target = float(defaults_for(model)["cfg_scale"]) if getattr(model, "supports_null_label", False) else 1.0
+        shown = float(current)
+    except (TypeError, ValueError):
+        return None
+    if label is not None and shown == 1.0 and target != 1.0:
+        return target
+    if label is None and shown == target and target != 1.0:
+        return 1.0
+    return None
+
+
 def parse_generate(model, class_name, sampler, steps, seed, n_images, correction, nag_weight=None,
                    cfg_scale=1.0, es_lambda=None) -> GenerateRequest:
     """Validate the tab's inputs (ValueError with a message for the user)."""

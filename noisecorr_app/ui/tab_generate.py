@@ -7,8 +7,8 @@ from ..methods import DEFAULTS, defaults_for
 from ..sampling.samplers import SAMPLERS
 from . import inputs as checked
 from .common import GPU
-from .generate import MAX_IMAGES, MAX_STEPS, NAG_METHODS, default_nag_weight, followed_nag_weight, generate_outputs, \
-    nag_key, needs_exclusive, parse_generate, preview, run_generate
+from .generate import MAX_IMAGES, MAX_STEPS, NAG_METHODS, default_nag_weight, followed_cfg_scale, followed_nag_weight, \
+    generate_outputs, nag_key, needs_exclusive, parse_generate, preview, run_generate
 from .plots import EPS_Y, SIGMA_Y
 from .state import ANY_CLASS, class_choices, correction_choices, default_correction
 from .wiring import SAMPLING, png, run_streamed, session_model, user_error
@@ -75,7 +75,15 @@ def build(store, model_key, model, concurrency: int) -> dict:
         value = None if model is None else followed_nag_weight(model, method, n_steps, w)
         return gr.update() if value is None else gr.update(value=value)
 
+    def follow_class(key, class_name, scale):
+        try:
+            value = followed_cfg_scale(session_model(store, key), class_name, scale)
+        except gr.Error:         # the model failed to load: its error shows on Generate
+            value = None
+        return gr.update() if value is None else gr.update(value=value)
+
     correction.change(show_weights, [correction, model_key, steps], [nag_w, lam], api_visibility="private", queue=False)
+    cls.change(follow_class, [model_key, cls, cfg], [cfg], api_visibility="private", queue=False)
     steps.change(follow_steps, [correction, model_key, steps, nag_w], [nag_w], api_visibility="private", queue=False)
 
     @GPU
