@@ -171,18 +171,14 @@ def test_estimator_calibration_makes_its_median_reading_exact():
         assert abs(math.log(fitted.estimate(x).median().item() / sigma)) < 0.01, sigma
 
 
-EARLY_CHECKPOINT = 20_000   # optimizer steps below which the model card calls the default model an early checkpoint
-
-
 @pytest.mark.parametrize("cfg_scale, needed", [(1.0, 15), (3.0, 25)])
 def test_shipped_model_samples_are_classified_as_their_class(monkeypatch, cfg_scale, needed):
-    """Class-conditional samples (5 per class, fixed seed, 10 DDIM steps) are assigned to their class
-    by the shipped classifier far more often than chance (0.1), plain and with classifier-free
-    guidance at scale 3 (the class dropout the model was trained with): at least 15 of 50 plain
-    (P under chance 7e-5) and 25 of 50 guided (P < 1e-12).
-    While the shipped model is an early checkpoint (fewer than EARLY_CHECKPOINT steps) a plain miss
-    is an expected failure that reports the measured count; after that it fails the suite. The
-    guided count always fails the suite."""
+    """Class-conditional samples (5 per class, fixed seed, 20 DDIM steps: the CLI's and the app's
+    default) are assigned to their class by the shipped classifier far more often than chance (0.1),
+    plain and with classifier-free guidance at scale 3 (the class dropout the model was trained with):
+    at least 15 of 50 plain (P under chance 7e-5) and 25 of 50 guided (P < 1e-12).
+    Measured on the step-9,051 weights: plain 24 of 50 (23 and 23 with seeds 1 and 2); at 10 steps
+    plain samples are still too rough for this (11-12 of 50), so the test samples at 20."""
     import math
 
     from noisecorr_app.extras.classifier import classify, load_classifier
@@ -190,19 +186,14 @@ def test_shipped_model_samples_are_classified_as_their_class(monkeypatch, cfg_sc
     from noisecorr_app.sampling.run import sample
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    folder = _shipped("noisecorr-ddpm-cifar10")
     clf = load_classifier(_shipped("cifar10-classifier"))
     model = load_model(device="cpu")
     labels = [c for c in range(10) for _ in range(5)]
-    images = sample(model, sampler="ddim", steps=10, n=len(labels), labels=labels, seed=0,
+    images = sample(model, sampler="ddim", steps=20, n=len(labels), labels=labels, seed=0,
                     cfg_scale=cfg_scale).images
     hits = int((classify(clf, images) == np.array(labels)).sum())
     p_chance = sum(math.comb(50, k) * 0.1 ** k * 0.9 ** (50 - k) for k in range(hits, 51))
-    steps = json.loads((folder / "noisecorr.json").read_text()).get("trained_steps", 0)
-    what = f"{hits}/50 samples (CFG {cfg_scale:g}) classified as their class (P under chance {p_chance:.2g})"
-    if hits < needed and cfg_scale == 1 and steps < EARLY_CHECKPOINT:
-        pytest.xfail(f"early checkpoint ({steps} steps): {what}")
-    assert hits >= needed, what
+    assert hits >= needed, f"{hits}/50 samples (CFG {cfg_scale:g}) classified as their class (P under chance {p_chance:.2g})"
 
 
 def test_decoded_images_are_cached_by_the_tarballs_content(tmp_path, image_folder, monkeypatch):
