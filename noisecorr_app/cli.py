@@ -109,13 +109,15 @@ def weight_args(p):
                        help=f"{what} (default: the model's recommendation for the run's step count, else {DEFAULTS[key]:g})")
 
 
-def _method_args(p):
+def _method_args(p, recommended: bool = False):
+    """recommended: --method defaults to the model's recommended correction (noisecorr.json) instead of none."""
     from .methods import METHODS
 
     clip_arg(p)
 
-    p.add_argument("--method", choices=list(METHODS), default="none",
-                   help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
+    p.add_argument("--method", choices=list(METHODS), default=None if recommended else "none",
+                   help=("default: the model's recommended correction (its noisecorr.json), else none. "
+                         if recommended else "") + "; ".join(f"{k}: {v}" for k, v in METHODS.items()))
     weight_args(p)
     p.add_argument("--nlc-mode", choices=["reuse", "official"], default="reuse",
                    help="reuse: 1 network call per step; official: re-evaluate at the corrected level")
@@ -150,17 +152,24 @@ def _sample(a):
     from tqdm import tqdm
 
     from .images import to_pil
-    from .sampling.run import sample
+    from .methods import recommended_run
+    from .sampling.run import merge_results, sample
 
     if a.n < 1 or a.n > 10_000:
         raise UserError("--n must be between 1 and 10000")
     _check_early(a)
     model = _load(a)
     label = _class_index(model, a.class_)
+    try:
+        method, steps = recommended_run(model)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    a.method = a.method or method or "none"
+    a.steps = a.steps or steps
     method_kw = _method(a, model)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    traces = []
+    results = []
     with tqdm(total=a.n * a.steps, desc=f"{a.sampler} {a.steps} steps", unit="step") as bar:
         for start in range(0, a.n, a.batch_size):
             k = min(a.batch_size, a.n - start)
@@ -174,23 +183,20 @@ def _sample(a):
                 raise UserError(str(e)) from None
             for img, s in zip(to_pil(res.images), seeds):
                 img.save(out / f"seed{s:06d}.png")
-            traces.append(res.trace(per_image=True))
+            results.append(res)
+    res = merge_results(results)
     if a.trace:
-        steps = traces[0]["steps"]
-        for t in traces[1:]:     # merge batches: per-image lists concatenate, means re-average
-            for d, e in zip(steps, t["steps"]):
-                for key in [k for k in d if k.endswith("_per_image")]:
-                    d[key] += e[key]
-        for d in steps:
-            for key in [k for k in d if k.endswith("_per_image")]:
-                d[key[: -len("_per_image")]] = sum(d[key]) / len(d[key])
-        shifts = [t["noise_shift"] for t in traces if t["noise_shift"] is not None]
-        doc = {"model": model.name, "settings": {**traces[0]["settings"], "n": a.n, "seed": a.seed, "class": label,
-                                                 "method": a.method},
-               "nfe_per_image": traces[0]["nfe_per_image"], "noise_shift": sum(shifts) / len(shifts) if shifts else None,
-               "seconds_per_image": sum(t["seconds"] for t in traces) / a.n, "steps": steps}
+        doc = res.trace(per_image=True)
+        doc = {"model": model.name, **doc, "settings": {**doc["settings"], "n": a.n, "seed": a.seed, "class": label,
+                                                        "method": a.method},
+               "seconds_per_image": res.seconds / a.n}
         Path(a.trace).parent.mkdir(parents=True, exist_ok=True)
         Path(a.trace).write_text(json.dumps(doc, indent=1))
+    f = res.figures
+    if "leftover_median" in f:
+        print(f"leftover noise in the final images: median {f['leftover_median']:.4f}, worst {f['leftover_max']:.4f}"
+              + (f" (real photos: median {f['real_median']:.4f}, 90% below {f['real_p90']:.4f}; "
+                 f"{f['share_above_real_p90']:.0%} of these images are noisier than that)" if "real_p90" in f else ""))
     print(f"wrote {a.n} PNG images to {out}" + (f" and the trace to {a.trace}" if a.trace else ""))
 
 
@@ -428,6 +434,36 @@ def _calibrate_estimator(a):
     print(f"calibrated {folder}: {a.knots} levels from 0.01 to 160, {len(images)} train images each")
 
 
+def _reference_level(a):
+    import json
+
+    import numpy as np
+
+    from .evaluation.commands import _threads
+    from .evaluation.results import command_line
+    from .extras.estimator import load_estimator, reference_level
+    from .training.data import load_images, to_tensor
+
+    if a.images < 10:
+        raise UserError(f"--images must be at least 10, got {a.images}")
+    _threads(a)
+    folder = Path(a.estimator)
+    try:
+        est = load_estimator(folder)
+        ds = load_images(a.data, split="test")
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    # a seeded random subset: the split is stored class by class, so its first images are all airplanes
+    pick = np.random.default_rng(a.seed).permutation(len(ds))[: a.images]
+    ref = reference_level(est, to_tensor(ds.images[np.sort(pick)]))
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.setdefault("info", {})["reference"] = {**ref, "data": f"{Path(a.data).name}:test",
+                                               "seed": a.seed, "command": command_line(a.parser, a)}
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+    print(f"real images read {ref['p10']:.4f} / {ref['median']:.4f} / {ref['p90']:.4f} (p10 / median / p90, "
+          f"{ref['images']} held-out test images); stored in {folder / 'config.json'}")
+
+
 def _build_lut(a):
     from tqdm import tqdm
 
@@ -607,14 +643,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("sample", help="generate images; optionally write the per-step trace as JSON")
     _model_args(sp)
     sp.add_argument("--sampler", choices=list(SAMPLERS), default="ddim")
-    sp.add_argument("--steps", type=int, default=20, help="1 to 1000")
+    sp.add_argument("--steps", type=int, default=None,
+                    help="1 to 1000 (default: the model's recommended step count, else 20)")
     sp.add_argument("--schedule", choices=list(SCHEDULES), default="model",
                     help="model: the model's own timesteps (trailing); loglinear; karras (EDM)")
     sp.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
     sp.add_argument("--n", type=int, default=4, help="number of images")
     sp.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     sp.add_argument("--class", dest="class_", default=None, help="class index or name; 'any' for unconditional")
-    _method_args(sp)
+    _method_args(sp, recommended=True)
     sp.add_argument("--batch-size", type=int, default=16)
     sp.add_argument("--out", required=True, help="folder for the PNG images")
     sp.add_argument("--trace", default=None, help="write per-step records (sigma, eps norm, NFE) to this JSON file")
@@ -738,6 +775,15 @@ def _add_extra_commands(sub, tsub, esub):
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=int, default=None)
     c.set_defaults(func=_calibrate_estimator, parser=c)
+
+    rl = sub.add_parser("reference-level", help="store the noise-level estimator's reading of real held-out "
+                                                "images: the reference for the leftover noise of generated ones")
+    rl.add_argument("--estimator", default="weights/cifar10-noise-estimator")
+    rl.add_argument("--data", default=str(default_cifar10()))
+    rl.add_argument("--images", type=int, default=5000, help="N random images of the test split (default: 5000)")
+    rl.add_argument("--seed", type=int, default=0, help="picks the N images")
+    rl.add_argument("--threads", type=int, default=None)
+    rl.set_defaults(func=_reference_level, parser=rl)
 
     b = sub.add_parser("build-lut", help="record NLC's average correction as a lookup table")
     _model_args(b)

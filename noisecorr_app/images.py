@@ -17,16 +17,31 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
 
 
-def grid(images: list[Image.Image], cols: int | None = None, scale: int = 1) -> Image.Image:
-    """Tile images into one; ``scale`` upsizes with nearest neighbour so pixels stay honest."""
+CAPTION_HEIGHT = 18
+
+
+def grid(images: list[Image.Image], cols: int | None = None, scale: int = 1,
+         captions: list[tuple[str, str]] | None = None) -> Image.Image:
+    """Tile images into one; ``scale`` upsizes with nearest neighbour so pixels stay honest.
+    ``captions``: one (text, colour) per image, written in a strip under its tile (the image's own
+    pixels are never drawn on)."""
+    from PIL import ImageDraw, ImageFont
+
     n = len(images)
     cols = cols or min(n, 8)
     rows = (n + cols - 1) // cols
-    w, h = images[0].size
-    out = Image.new("RGB", (cols * w, rows * h), "white")
+    w, h = images[0].size[0] * scale, images[0].size[1] * scale
+    strip = CAPTION_HEIGHT if captions else 0
+    out = Image.new("RGB", (cols * w, rows * (h + strip)), "white")
+    font = ImageFont.load_default(size=12) if captions else None
+    draw = ImageDraw.Draw(out)
     for i, im in enumerate(images):
-        out.paste(im.convert("RGB"), ((i % cols) * w, (i // cols) * h))
-    return out.resize((out.width * scale, out.height * scale), Image.NEAREST) if scale > 1 else out
+        x, y = (i % cols) * w, (i // cols) * (h + strip)
+        out.paste(im.convert("RGB").resize((w, h), Image.NEAREST) if scale > 1 else im.convert("RGB"), (x, y))
+        if captions:
+            text, colour = captions[i]
+            draw.text((x + 3, y + h + 2), text, fill=colour, font=font)
+    return out
 
 
 MAX_PIXELS = 40_000_000       # refuse decompression bombs before decoding (a 10000x10000 image is 100M)

@@ -11,12 +11,14 @@ import math
 from dataclasses import dataclass, field
 
 from .models.registry import extras_for
-from .sampling.corrections import NLC, Correction, EpsScaling, NLCTable, SelfEstimate, TimeShift
+from .sampling.corrections import NLC, Correction, EpsScaling, EstimatedLevel, NLCTable, SelfEstimate, TimeShift
 
 METHODS = {
     "none": "baseline sampler",
     "nlc": "Noise Level Correction (trained r_theta)",
     "nlc-lut": "NLC lookup table (no network at sampling time)",
+    "nlc-est": "Noise Level Correction read by the noise-level estimator (on the final step)",
+    "nag+nlc-est": "Noise Awareness Guidance, then the estimator's level correction on the final step",
     "nag": "Noise Awareness Guidance, classifier-free (model trained with noise-condition dropout)",
     "nag-est": "Noise Awareness Guidance with the noise-level estimator",
     "es": "epsilon scaling (training-free)",
@@ -42,7 +44,8 @@ class MethodSetup:
 def available(model) -> dict[str, bool]:
     ex = extras_for(model)
     return {"none": True, "nlc": "nlc" in ex, "nlc-lut": "nlc-lut" in ex,
-            "nag": bool(getattr(model, "supports_null_noise", False)), "nag-est": "estimator" in ex,
+            "nag": bool(getattr(model, "supports_null_noise", False)), "nag-est": "estimator" in ex, "nlc-est": "estimator" in ex,
+            "nag+nlc-est": "estimator" in ex and bool(getattr(model, "supports_null_noise", False)),
             "es": True, "ts": hasattr(model, "alphas_cumprod"), "self": True}
 
 
@@ -113,6 +116,29 @@ def recommended_values(model, key: str) -> set:
     return {float(v) for v in (own.values() if isinstance(own, dict) else [own])} | {float(DEFAULTS[key])}
 
 
+FALLBACK_STEPS = 20       # the step count of a model that recommends none
+
+
+def recommended_run(model) -> tuple[str | None, int]:
+    """(correction, steps) the app and the CLI start at: the model's measured choice (noisecorr.json
+    ``recommended``: {"method", "steps"}), where its benchmark shows the correction winning, so that a
+    visitor's first run shows what the correction does rather than a setting where it loses. A model
+    without one: no correction preferred (the caller's order applies) and FALLBACK_STEPS."""
+    info = getattr(model, "info", None) or {}
+    rec = info.get("recommended") or {}
+    where = f"{info.get('folder', 'the model')}/noisecorr.json"
+    if not isinstance(rec, dict):
+        raise ValueError(f"recommended in {where} must be an object")
+    method, steps = rec.get("method"), rec.get("steps", FALLBACK_STEPS)
+    if method is not None and method not in METHODS:
+        raise ValueError(f"recommended.method in {where} must be one of {', '.join(METHODS)}, got {method!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
+        raise ValueError(f"recommended.steps in {where} must be a whole number from 1 to 1000, got {steps!r}")
+    if method is not None and not available(model)[method]:
+        method = None
+    return method, steps
+
+
 _cache: dict = {}
 
 
@@ -157,6 +183,10 @@ def setup(method: str, model, steps: int | None = None, **params) -> MethodSetup
         from .extras.nlc_table import NLCLookupTable
 
         return MethodSetup(NLCTable(_cached("lut", ex["nlc-lut"], NLCLookupTable.load)))
+    if method == "nlc-est":
+        return MethodSetup(EstimatedLevel(load_estimator_for(model)))
+    if method == "nag+nlc-est":
+        return MethodSetup(EstimatedLevel(load_estimator_for(model)), {"nag_scale": p["nag_scale"]})
     if method == "nag":
         return MethodSetup(Correction(), {"nag_scale": p["nag_scale"]})
     if method == "nag-est":

@@ -548,4 +548,6 @@ def test_server_still_serves_the_same_request_identically(server, client):
     pixel for pixel."""
     after = _pixels_of(client.predict(*GOOD_GENERATE, api_name="/generate")[1:3])
     assert all(np.array_equal(a, b) for a, b in zip(server["before"], after))
-    assert after[0].shape == (128, 128, 3)
+    from noisecorr_app.images import CAPTION_HEIGHT
+
+    assert after[0].shape == (128 + CAPTION_HEIGHT, 128, 3)      # one image and its leftover-noise caption

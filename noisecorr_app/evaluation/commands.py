@@ -53,7 +53,10 @@ def _threads(a):
 
 
 GENERATION_COLUMNS = [("sampler", "sampler", ""), ("steps", "steps", "d"), ("method", "method", ""),
-                      ("FID-C10", "fid", ".2f"), ("KID-C10", "kid", ".4f"), ("noise shift", "noise_shift", ".4f"),
+                      ("FID-C10", "fid", ".2f"), ("KID-C10", "kid", ".4f"),
+                      ("leftover median", "leftover_median", ".4f"), ("leftover p90", "leftover_p90", ".4f"),
+                      ("> real p90", "share_above_real_p90", ".1%"), ("per-image shift", "per_image_shift", ".4f"),
+                      ("systematic shift", "noise_shift", ".4f"),
                       ("NFE", "nfe", ".3g"), ("s / image", "seconds_per_image", ".3f"), ("n", "n", "d")]
 RESTORATION_COLUMNS = [("task", "task", ""), ("sigma_y", "sigma_y", "g"), ("method", "method", ""),
                        ("PSNR (dB)", "psnr", ".2f"), ("SSIM", "ssim", ".4f"), ("consistency", "consistency", ".2e"),
@@ -64,7 +67,7 @@ def generation_command(a):
     import numpy as np
 
     from ..cli import UserError, _class_index, _class_map, _load, _load_classifier, clip_choice
-    from ..methods import METHODS, check_params, recommendations
+    from ..methods import METHODS, check_params, load_estimator_for, recommendations
     from ..sampling.run import MAX_STEPS
     from ..sampling.samplers import SAMPLERS
     from .generation import KEY, Reference, evaluate_generation
@@ -127,14 +130,20 @@ def generation_command(a):
                                params=params, kid_subsets=a.kid_subsets, kid_subset_size=a.kid_subset_size,
                                clip_x0=clip_choice(a))
     text = markdown_table(GENERATION_COLUMNS, rows)
+    estimator = load_estimator_for(model)
+    est_ref = getattr(estimator, "reference", None)
     notes = [METRIC_NOTE,
-             "noise shift: mean over steps of |log(sigma_est / sigma_scheduled)|, sigma_est the median of the "
-             "noise-level estimator's readings over the n images ('-': the model has no estimator)",
+             "leftover median / p90: the noise-level estimator's reading of the final images (real photos read "
+             + (f"{est_ref['median']:.4f} / {est_ref['p90']:.4f}" if est_ref else "-") + "); > real p90: the share "
+             "of images noisier than 90% of real photos",
+             "per-image shift: mean over images and steps of |log(sigma_est_i / sigma_scheduled)|, the final image "
+             "counted against the real photos' 10-90% band; systematic shift: the same with sigma_est the median "
+             "over the n images, final image left out ('-': the model has no estimator)",
              "s / image: sampling wall time per image (estimator readings for the noise shift excluded)"]
     notes += [f"skipped {s['what']}: {s['reason']}" for s in table.doc["skipped"]]
     if a.markdown:
         _write_markdown(a.markdown, f"Generation benchmark: {model.name}", command, text, notes)
-    plots = write_generation_plots(rows, a.plots) if a.plots and rows else []
+    plots = write_generation_plots(rows, a.plots, est_ref) if a.plots and rows else []
     print(text)
     print(f"wrote {a.json}" + (f", {a.markdown}" if a.markdown else "")
           + (f" and {len(plots)} plots in {a.plots}" if plots else ""))

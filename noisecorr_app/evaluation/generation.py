@@ -1,25 +1,24 @@
-"""The generation benchmark: every sampler x step count x method -> FID-C10, KID-C10, noise shift,
-NFE and seconds per image, written cell by cell to a resumable JSON file (``results.ResultsFile``).
+"""The generation benchmark: every sampler x step count x method -> FID-C10, KID-C10, the noise figures
+(leftover noise of the final images, per-image and systematic noise shift: ``sampling.trace``), NFE and
+seconds per image, written cell by cell to a resumable JSON file (``results.ResultsFile``).
 
 Comparability: every cell draws image i from seed + i with the same labels, so methods differ only
-in what they do, not in their starting noise. The noise-shift figure is the README's (mean over steps
-of ``|log(sigma_est / sigma_scheduled)|``), with the median taken over all n images of the cell, not
-per batch (``trace.noise_shift`` on records merged across batches). The estimator readings behind it
+in what they do, not in their starting noise. The figures are taken over all n images of the cell,
+not per batch (records merged across batches). The estimator readings behind them
 are a measurement, not part of a method, so their time is taken out of ``seconds_per_image`` (except
 for ``nag-est``, whose guidance uses the estimator's gradient, which stays in).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..images import to_uint8
 from ..methods import available, load_estimator_for, setup
-from ..sampling.run import sample
-from ..sampling.trace import noise_shift
+from ..sampling.run import merge_results, sample
+from ..sampling.trace import level_bands
 from .metrics import extract_features, fid, kid
 from .results import ResultsFile, finite_or_none
 
@@ -30,7 +29,7 @@ class TimedEstimator:
     """Passes everything to the estimator and adds up the time its ``estimate`` (trace readings) takes."""
 
     def __init__(self, estimator):
-        self.estimator, self.seconds = estimator, 0.0
+        self.estimator, self.seconds, self.last = estimator, 0.0, 0.0
 
     def __getattr__(self, name):
         return getattr(self.estimator, name)
@@ -38,7 +37,8 @@ class TimedEstimator:
     def estimate(self, x):
         t = time.perf_counter()
         out = self.estimator.estimate(x)
-        self.seconds += time.perf_counter() - t
+        self.last = time.perf_counter() - t
+        self.seconds += self.last
         return out
 
 
@@ -49,48 +49,36 @@ class Reference:
     features: np.ndarray
 
 
-def merge_batches(batches: list[list]) -> list:
-    """Per-step records of several batches -> one record per step with per-image tensors concatenated."""
-    merged = []
-    for recs in zip(*batches):
-        extras = {k: torch.cat([r.extras[k] for r in recs]) for k, v in recs[0].extras.items() if torch.is_tensor(v)}
-        merged.append(replace(recs[0], sigma_used=torch.cat([r.sigma_used for r in recs]),
-                              eps_norm=torch.cat([r.eps_norm for r in recs]), extras=extras))
-    return merged
-
-
 def per_step(records) -> dict:
-    """Plain lists for the per-step plot: scheduled sigma, the estimator's median reading, the level used
-    and ||eps||/sqrt(n) (batch means)."""
+    """Plain lists for the per-step plots: scheduled sigma, the estimator's median reading, the level used,
+    ||eps||/sqrt(n) (batch means) and the 10/50/90% band of the estimated level over the scheduled one."""
     est = [float(r.extras["sigma_est"].float().median()) if "sigma_est" in r.extras else None for r in records]
     return {"sigma_scheduled": [r.sigma for r in records], "sigma_est": est,
             "sigma_used": [float(r.sigma_used.float().mean()) for r in records],
-            "eps_norm": [float(r.eps_norm.float().mean()) for r in records]}
+            "eps_norm": [float(r.eps_norm.float().mean()) for r in records], **level_bands(records)}
 
 
 def run_cell(model, method: str, params: dict, *, sampler: str, steps: int, n: int, seed: int, batch_size: int,
              labels: list[int] | None, schedule: str = "model", eta: float = 0.0, clip_x0: bool | None = None,
              progress=None) -> dict:
-    """Sample one cell in batches; returns uint8 images, merged records, NFE and seconds per image."""
+    """Sample one cell in batches; returns uint8 images, the merged result, NFE and seconds per image."""
     ms = setup(method, model, steps=steps, **params)
     options = dict(ms.options)
     found = options.get("estimator") or load_estimator_for(model)     # nag-est's own, else for the trace
     est = options["estimator"] = TimedEstimator(found) if found is not None else None
-    images, batches, seconds, nfe = [], [], 0.0, None
+    results = []
     for start in range(0, n, batch_size):
         k = min(batch_size, n - start)
-        res = sample(model, sampler=sampler, steps=steps, n=k, seeds=[seed + start + i for i in range(k)],
-                     labels=None if labels is None else labels[start:start + k], schedule=schedule,
-                     correction=ms.correction, progress=(lambda r: progress(k)) if progress else None,
-                     clip_x0=clip_x0, **options,
-                     **({"eta": eta} if sampler == "ddim" else {}))
-        images.append(to_uint8(res.images))       # 8 bits, as the reference images are
-        batches.append(res.records)
-        seconds += res.seconds
-        nfe = res.nfe_per_image
-    if est is not None:
-        seconds -= est.seconds
-    return {"images": np.concatenate(images), "records": merge_batches(batches), "nfe": nfe,
+        results.append(sample(model, sampler=sampler, steps=steps, n=k, seeds=[seed + start + i for i in range(k)],
+                              labels=None if labels is None else labels[start:start + k], schedule=schedule,
+                              correction=ms.correction, progress=(lambda r: progress(k)) if progress else None,
+                              clip_x0=clip_x0, **options,
+                              **({"eta": eta} if sampler == "ddim" else {})))
+        if est is not None:       # sample() reads its final images after its clock stops: not in est's total
+            est.seconds -= est.last
+    res = merge_results(results)
+    seconds = res.seconds - (est.seconds if est is not None else 0.0)
+    return {"images": to_uint8(res.images), "result": res, "records": res.records, "nfe": res.nfe_per_image,
             "seconds_per_image": seconds / n}
 
 
@@ -131,10 +119,13 @@ def evaluate_generation(model, classifier, ref: Reference, table: ResultsFile, *
                                 batch_size=batch_size, labels=labels, schedule=schedule, eta=eta, clip_x0=clip_x0,
                                 progress=bar.update)
             scores = score(classifier, cell["images"], ref, kid_subsets, kid_subset_size, seed)
+            res = cell["result"]
+            figures = {k_: finite_or_none(v) for k_, v in res.figures.items()}
             table.add({"sampler": sampler, "steps": k, "method": method, "n": n,
                        "fid": finite_or_none(scores["fid"]), "kid": finite_or_none(scores["kid"]),
                        "kid_std": finite_or_none(scores["kid_std"]),
-                       "noise_shift": finite_or_none(noise_shift(cell["records"])),
+                       "noise_shift": figures.pop("systematic_shift"), **figures,
+                       "leftover_per_image": None if res.leftover is None else [round(float(v), 5) for v in res.leftover],
                        "nfe": cell["nfe"], "seconds_per_image": round(cell["seconds_per_image"], 5),
                        "per_step": per_step(cell["records"]), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
             outer.update(1)

@@ -1,4 +1,5 @@
-"""PNG figures of the generation benchmark's rows: FID-C10 against steps, and the per-step noise shift."""
+"""Figures: the noise left in the images per step and per final image (the app's Generate tab and the
+generation benchmark draw the same two), FID-C10 against steps, and the benchmark's per-step shift."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +12,91 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _figure(size):
+    """A figure outside pyplot's registry: the app makes two per request, and pyplot would keep them all."""
+    from matplotlib.figure import Figure
+
+    _pyplot()        # selects the Agg backend once
+    fig = Figure(figsize=size)
+    return fig, fig.subplots()
+
+
+RUN_COLOURS = ("#d95f02", "#1b6ec2", "#7570b3", "#66a61e", "#e7298a", "#a6761d")   # baseline first
+REAL = "#999999"
+
+
+def level_band_figure(runs: dict, title: str | None = None):
+    """runs: label -> ``trace.level_bands`` dict. Per step, the median and the 10-90% band over images of
+    the estimated noise level divided by the scheduled one, on a log axis where 1 = as scheduled."""
+    from matplotlib import ticker
+
+    fig, ax = _figure((7.0, 3.6))
+    ax.axhline(1.0, color="k", lw=1.2, ls="--", label="as scheduled")
+    for (label, b), colour in zip(runs.items(), RUN_COLOURS):
+        if not b.get("ratio_median"):
+            continue
+        x = [k + 1 for k in b["step"]]
+        ax.fill_between(x, b["ratio_p10"], b["ratio_p90"], color=colour, alpha=0.2, lw=0)
+        ax.plot(x, b["ratio_median"], color=colour, marker=".", label=f"{label}: median (band: 80% of images)")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(ticker.FixedLocator([0.25, 0.5, 0.7, 0.85, 1, 1.2, 1.5, 2, 3, 4]))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel("sampling step (from pure noise to the image)")
+    ax.set_ylabel("noise in the image / scheduled")
+    ax.set_title(title or "Noise at each step, relative to the schedule (1x = as scheduled; above: noise left over)",
+                 fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def leftover_figure(runs: dict, reference: dict | None, title: str | None = None):
+    """runs: label -> the estimator's reading of each final image. Few images: one point per image in
+    the order of the grids (so a number can be matched to a picture); many: each run's readings sorted,
+    against the share of images. The real photos' 10-90% range is shaded, their median dashed."""
+    from matplotlib import ticker
+
+    fig, ax = _figure((8.0, 3.2))
+    n = max((len(v) for v in runs.values()), default=0)
+    if reference:
+        ax.axhspan(reference["p10"], reference["p90"], color=REAL, alpha=0.25, lw=0,
+                   label="real photos (80% lie in the band)")
+        ax.axhline(reference["median"], color=REAL, ls="--", lw=1)
+    few = n <= 32
+    for i, ((label, values), colour) in enumerate(zip(runs.items(), RUN_COLOURS)):
+        if few:
+            offset = (i - (len(runs) - 1) / 2) * 0.15
+            ax.plot([k + 1 + offset for k in range(len(values))], values, "o", color=colour, label=label)
+        else:
+            ys = sorted(values)
+            ax.plot([100 * (k + 0.5) / len(ys) for k in range(len(ys))], ys, color=colour, lw=2, label=label)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%.3g"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    if few:
+        ax.set_xticks(range(1, n + 1))
+        ax.set_xlabel("image (in the order of the grids)")
+    else:
+        ax.set_xlabel(f"% of the {n} images (sorted)")
+    ax.set_ylabel("noise left (estimated sigma)")
+    ax.margins(y=0.15)
+    ax.set_title(title or "Noise left in each final image (lower is better; clean photos read about "
+                 + (f"{reference['median']:.3f})" if reference else "0.01)"), fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
 
 
 def plot_fid_vs_steps(rows: list[dict], path: str | Path) -> Path:
@@ -83,12 +169,23 @@ def plot_noise_shift(rows: list[dict], sampler: str, steps: int, path: str | Pat
     return path
 
 
-def write_generation_plots(rows: list[dict], folder: str | Path) -> list[Path]:
-    """fid_vs_steps.png and one noise_shift_<sampler>_<steps>.png per setting with estimator readings."""
+def write_generation_plots(rows: list[dict], folder: str | Path, reference: dict | None = None) -> list[Path]:
+    """fid_vs_steps.png and, per setting with estimator readings, noise_shift_<sampler>_<steps>.png (batch
+    medians), noise_levels_<...>.png (per-step band over images) and leftover_<...>.png (final images)."""
     folder = Path(folder)
     out = [plot_fid_vs_steps(rows, folder / "fid_vs_steps.png")] if any(r["fid"] is not None for r in rows) else []
     for s, k in dict.fromkeys((r["sampler"], r["steps"]) for r in rows):
         p = plot_noise_shift(rows, s, k, folder / f"noise_shift_{s}_{k}.png")
         if p:
             out.append(p)
+        sel = [r for r in rows if r["sampler"] == s and r["steps"] == k]
+        where = f"{s}, {k} steps, n = {sel[0]['n']}"
+        bands = {r["method"]: r["per_step"] for r in sel if r["per_step"].get("ratio_median")}
+        if bands:
+            out.append(save_figure(level_band_figure(bands, f"Noise at each step relative to the schedule ({where})"),
+                                   folder / f"noise_levels_{s}_{k}.png"))
+        left = {r["method"]: r["leftover_per_image"] for r in sel if r.get("leftover_per_image")}
+        if left:
+            out.append(save_figure(leftover_figure(left, reference, f"Noise left in the final images ({where}; "
+                                                   "lower is better)"), folder / f"leftover_{s}_{k}.png"))
     return out

@@ -13,9 +13,14 @@ Calibration: a regression net keeps small systematic errors (the shipped one rea
 measures the median reading of forward-noised held-in images on a grid of sigma and stores the
 monotone map from reading to truth in the net's buffers (so it travels in model.safetensors); every
 reading, and the density NAG differentiates, goes through it.
+
+Reference level: even a clean photo reads above zero (texture, JPEG and 8-bit noise). What a generated
+image's reading means is its place among real images' readings, so ``reference_level`` reads held-out
+real images once and the quantiles are stored with the estimator (``config.json``, info.reference).
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -32,6 +37,8 @@ def _block(cin, cout, stride):
 
 
 class NoiseLevelEstimator(nn.Module):
+    reference: dict | None = None      # real images' readings (``reference_level``), set on loading
+
     def __init__(self, channels: int = 3, width: int = 32, sigma_min: float = 0.005, sigma_max: float = 200.0,
                  calibration_knots: int = 0):
         super().__init__()
@@ -109,6 +116,19 @@ def calibrate(estimator: NoiseLevelEstimator, images: torch.Tensor, sigma_min: f
     return out.to(images.device).eval()
 
 
+REFERENCE_QUANTILES = {"p10": 0.1, "median": 0.5, "p90": 0.9}
+
+
+@torch.no_grad()
+def reference_level(estimator: NoiseLevelEstimator, images: torch.Tensor, batch_size: int = 500) -> dict:
+    """The estimator's reading of real, clean images (B, C, H, W in [-1, 1]): their 10th, 50th and
+    90th percentile. A generated image reading above the p90 carries more noise than 9 real images
+    in 10."""
+    reads = torch.cat([estimator.estimate(images[i:i + batch_size]).cpu() for i in range(0, len(images), batch_size)])
+    q = torch.quantile(reads.double(), torch.tensor(list(REFERENCE_QUANTILES.values()), dtype=torch.double))
+    return {**{k: round(float(v), 6) for k, v in zip(REFERENCE_QUANTILES, q)}, "images": len(images)}
+
+
 def save_estimator(net: NoiseLevelEstimator, folder: Path, info: dict):
     save_net(net, folder, "noise-level-estimator", info)
 
@@ -116,4 +136,7 @@ def save_estimator(net: NoiseLevelEstimator, folder: Path, info: dict):
 def load_estimator(folder: Path, device="cpu") -> NoiseLevelEstimator:
     build = lambda c: NoiseLevelEstimator(c["channels"], c["width"], c["sigma_min"], c["sigma_max"],
                                           c.get("calibration_knots", 0))
-    return load_net(folder, build, "noise-level estimator", "train estimator", device)
+    net = load_net(folder, build, "noise-level estimator", "train estimator", device)
+    ref = json.loads((Path(folder) / "config.json").read_text()).get("info", {}).get("reference")
+    net.reference = ref if isinstance(ref, dict) and all(k in ref for k in REFERENCE_QUANTILES) else None
+    return net

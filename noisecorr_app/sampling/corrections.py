@@ -206,6 +206,34 @@ class SelfEstimate(LevelCorrection):
         return p
 
 
+class EstimatedLevel(LevelCorrection):
+    """NLC with the noise-level estimator as the level reader: ``1 + r = g_phi(x) / sigma`` per image.
+
+    The estimator reads the state alone, before the denoiser is called, so the one network call of
+    the step is made at the corrected level (1 NFE). r_theta reads the denoiser's features at the
+    scheduled level and errs by 10-15% (mean |log|) below sigma 1, where the shift that leaves noise
+    in the final images lives; the calibrated estimator is within ~4% there. The direction is not
+    normalised: at the corrected level the network's eps already has the right size.
+
+    final_only (default): correct the last step only, the one that produces the image. Its x0 is
+    what the user sees, so reading each image's level there removes its leftover noise; correcting
+    earlier steps too removed no more of it and cost detail (docs/noise-shift.md).
+    """
+    name = "nlc-est"
+
+    def __init__(self, estimator, final_only: bool = True, normalize: bool = False, **kw):
+        super().__init__(reevaluate=True, normalize=normalize, **kw)
+        self.estimator, self.final_only = estimator, final_only
+
+    def predict(self, model, x, sigma, sigma_next, cond, step):
+        if self.final_only and float(sigma_next.max()) > 0:
+            return Correction.predict(self, model, x, sigma, sigma_next, cond, step)
+        return super().predict(model, x, sigma, sigma_next, cond, step)
+
+    def ratio(self, model, x, sigma, cond, step):
+        return self.estimator.estimate(x).to(sigma) / sigma - 1
+
+
 class NLCTable(LevelCorrection):
     """NLC without a network at sampling time: the mean r NLC applied on its own runs, looked up.
 

@@ -14,7 +14,7 @@ from .guidance import EstimatorGuided, Guided
 from .noise import SeededNoise
 from .samplers import SAMPLERS, StepRecord
 from .schedules import make_schedule
-from .trace import light, noise_shift, step_summary
+from .trace import level_bands, light, merge_records, noise_figures, noise_shift, step_summary
 
 MAX_STEPS = 1000
 
@@ -51,14 +51,34 @@ class SampleResult:
     nfe_per_image: float
     seconds: float
     settings: dict = field(default_factory=dict)
+    leftover: torch.Tensor | None = None  # (B,) the estimator's reading of each final image (leftover noise)
+    reference: dict | None = None         # the same estimator's reading of real images (p10, median, p90)
 
     @property
     def noise_shift(self) -> float | None:
+        """The systematic (batch-median) shift; ``figures`` has the per-image ones."""
         return noise_shift(self.records)
 
+    @property
+    def figures(self) -> dict:
+        return noise_figures(self.records, self.leftover, self.reference)
+
     def trace(self, per_image: bool = False) -> dict:
-        return {"settings": self.settings, "nfe_per_image": self.nfe_per_image, "seconds": round(self.seconds, 4),
-                "noise_shift": self.noise_shift, "steps": [step_summary(r, per_image) for r in self.records]}
+        out = {"settings": self.settings, "nfe_per_image": self.nfe_per_image, "seconds": round(self.seconds, 4),
+               "noise_shift": self.noise_shift, **self.figures, "reference": self.reference,
+               "level_bands": level_bands(self.records), "steps": [step_summary(r, per_image) for r in self.records]}
+        if self.leftover is not None:
+            out["leftover_per_image"] = [round(float(v), 6) for v in self.leftover]
+        return out
+
+
+def merge_results(results: list[SampleResult]) -> SampleResult:
+    """Batches of one run (same settings, consecutive seeds) -> one result over all their images."""
+    first = results[0]
+    leftovers = [r.leftover for r in results]
+    return SampleResult(torch.cat([r.images for r in results]), merge_records([r.records for r in results]),
+                        first.nfe_per_image, sum(r.seconds for r in results), first.settings,
+                        None if any(v is None for v in leftovers) else torch.cat(leftovers), first.reference)
 
 
 def check_settings(sampler: str, steps: int, n: int):
@@ -157,5 +177,9 @@ def sample(model, *, progress: Callable[[StepRecord], None] | None = None, **kw)
     settings["correction"] = corr.name if corr else "none"
     if kw.get("clip_x0") is None:
         settings["clip_x0"] = bool(getattr(as_denoiser(model), "clip_sample", False))
-    return SampleResult(last.x_next.clamp(-1, 1), records, sum(r.nfe for r in records),
-                        time.perf_counter() - t0, settings)
+    images = last.x_next.clamp(-1, 1)
+    seconds = time.perf_counter() - t0           # reading the final images is a measurement: not timed
+    estimator = kw.get("estimator")
+    leftover = None if estimator is None else estimator.estimate(images).detach().cpu()
+    return SampleResult(images, records, sum(r.nfe for r in records), seconds, settings, leftover,
+                        getattr(estimator, "reference", None))

@@ -73,13 +73,14 @@ def build_demo(model_source=None, device=None) -> gr.Blocks:
                     current = describe(store.get(key))
                 except (ValueError, ModelLoadError) as e2:
                     current = describe(None, str(e2))
-                return [key, f"⚠️ **Could not load that model.** {msg}\n\n{current}"] + [gr.skip()] * (2 + len(plans))
+                return [key, f"⚠️ **Could not load that model.** {msg}\n\n{current}"] + [gr.skip()] * (3 + len(plans))
             ok, _ = correction_choices(new)
             return ([target, describe(new), gr.update(choices=class_choices(new), value=ANY_CLASS),
-                     gr.update(choices=ok, value=default_correction(ok))]
+                     gr.update(choices=ok, value=default_correction(ok, new)), gr.update(value=tab_generate.start_steps(new))]
                     + [restoration_plan(new)[1]] * len(plans))
 
-        load.click(pick, [choice, repo, model_key], [model_key, model_md, gen["class"], gen["correction"], *plans],
+        load.click(pick, [choice, repo, model_key],
+                   [model_key, model_md, gen["class"], gen["correction"], gen["steps"], *plans],
                    api_name="load_model", concurrency_id="model-loading", concurrency_limit=1)
     demo.queue(default_concurrency_limit=concurrency, max_size=QUEUE_MAX)
     return demo

@@ -9,12 +9,11 @@ from ..methods import DEFAULTS, METHODS, defaults_for, load_estimator_for, recom
 from ..sampling.run import sample
 from ..sampling.samplers import SAMPLERS
 from .common import PREVIEW_SIDE, as_float, as_int, scale_for, side_by_side, write_bundle
-from .plots import eps_frame, sigma_frame
 from .state import ANY_CLASS, class_index
 
 MAX_STEPS = 200
 MAX_IMAGES = 16
-NAG_METHODS = ("nag", "nag-est")
+NAG_METHODS = ("nag", "nag-est", "nag+nlc-est")
 
 
 def nag_key(method: str) -> str:
@@ -138,12 +137,53 @@ def _fmt(v, spec=".3f"):
     return "n/a" if v is None else format(v, spec)
 
 
+NOISY, CLEAN, PLAIN = "#c62828", "#2e7d32", "#333333"
+
+
+def captions(res) -> list[tuple[str, str]] | None:
+    """Each image's own leftover-noise reading, red where it is noisier than 90% of real photos."""
+    if res.leftover is None:
+        return None
+    p90 = (res.reference or {}).get("p90")
+    return [(f"#{i + 1} noise {float(v):.3f}", PLAIN if p90 is None else NOISY if float(v) > p90 else CLEAN)
+            for i, v in enumerate(res.leftover)]
+
+
+def outcome(b, c, method: str) -> str:
+    """One sentence with the measured outcome, whichever way it went."""
+    fb, fc = b.figures, c.figures
+    if "leftover_median" not in fb or "leftover_median" not in fc or fb["leftover_median"] <= 0:
+        return ""
+    change = fc["leftover_median"] / fb["leftover_median"] - 1
+    real = f"; clean photos read {fb['real_median']:.3f}" if "real_median" in fb else ""
+    if abs(change) < 0.05:
+        verdict = "about as much leftover noise as the baseline"
+    else:
+        verdict = f"{abs(change):.0%} {'less' if change < 0 else 'more'} leftover noise than the baseline"
+    text = (f"**With {METHODS[method]}, the images carry {verdict}** (median {fc['leftover_median']:.3f} "
+            f"against {fb['leftover_median']:.3f}{real}).")
+    if "share_above_real_p90" in fb:
+        n = len(b.leftover)
+        nb, nc = round(fb["share_above_real_p90"] * n), round(fc["share_above_real_p90"] * n)
+        text += f" Noisier than 9 in 10 real photos: {nb} of {n} baseline images, {nc} of {n} corrected."
+    return text
+
+
 def metrics_markdown(req: GenerateRequest, runs: dict) -> str:
     b, c = runs["baseline"], runs["corrected"]
+    fb, fc = b.figures, c.figures
     title = f"corrected ({req.method})"
-    lines = [f"| | baseline | {title} |", "|---|---|---|",
-             f"| noise shift, mean \\|log(σ_est/σ)\\| | {_fmt(b.noise_shift)} | {_fmt(c.noise_shift)} |",
-             f"| NFE / image | {b.nfe_per_image:g} NFE/image | {c.nfe_per_image:g} NFE/image |",
+
+    def row(what, key, spec=".3f"):
+        return f"| {what} | {_fmt(fb.get(key), spec)} | {_fmt(fc.get(key), spec)} |"
+
+    lines = [f"| ↓ lower is better | baseline | {title} |", "|---|---|---|",
+             row("noise left in the final images, median ↓", "leftover_median"),
+             row("noise left, worst image ↓", "leftover_max"),
+             row("share of images noisier than 90% of real photos ↓", "share_above_real_p90", ".0%"),
+             row("noise shift per image, all steps (mean \\|log(σ_est/σ)\\|) ↓", "per_image_shift"),
+             row("systematic noise shift (batch median) ↓", "systematic_shift"),
+             f"| network evaluations per image | {b.nfe_per_image:g} | {c.nfe_per_image:g} |",
              f"| seconds | {b.seconds:.1f} s | {c.seconds:.1f} s |"]
     desc = (f"{req.n} image(s), class **{req.class_name}**, sampler **{req.sampler}**, {req.steps} steps, "
             f"seed {req.seed}" + (f", CFG {req.cfg_scale:g}" if req.cfg_scale != 1 else "")
@@ -151,24 +191,41 @@ def metrics_markdown(req: GenerateRequest, runs: dict) -> str:
             + (f", λ = {req.es_lambda:g}" if req.method == "es" else "") + ". Same seeds for both runs.")
     if b.settings.get("clip_x0"):
         desc += " Both runs clamp each step's x0 estimate to [-1, 1], as the model's scheduler config asks (clip_sample)."
-    if b.noise_shift is None:
-        desc += " No noise-level estimator for this model: no noise-shift figure."
-    return "\n".join([desc, "", *lines] + ([""] + [f"*{n}*" for n in req.notes] if req.notes else []))
+    if b.leftover is None:
+        desc += " No noise-level estimator for this model: no noise figures."
+    elif "real_median" in fb:
+        desc += (f" Noise is the noise-level estimator's reading (σ): clean real photos read {fb['real_median']:.3f} "
+                 f"(median), 90% of them below {fb['real_p90']:.3f}. Each image's reading is under it in the grids.")
+    said = outcome(b, c, req.method)
+    return "\n".join(([said, ""] if said else []) + [desc, "", *lines]
+                     + ([""] + [f"*{n}*" for n in req.notes] if req.notes else []))
+
+
+def noise_plots(runs: dict, labels: dict):
+    """The two figures of the tab: per-step band of the noise level, and each final image's leftover noise."""
+    from ..evaluation.plots import leftover_figure, level_band_figure
+    from ..sampling.trace import level_bands
+
+    bands = level_band_figure({labels[k]: level_bands(v.records) for k, v in runs.items()})
+    left = {labels[k]: [float(x) for x in v.leftover] for k, v in runs.items() if v.leftover is not None}
+    return bands, leftover_figure(left, runs["baseline"].reference) if left else None
 
 
 def generate_outputs(model, req: GenerateRequest, runs: dict) -> dict:
-    """Final outputs: upscaled grids, metrics, plot frames, the zip bundle."""
+    """Final outputs: upscaled grids (each image captioned with its leftover noise), metrics, figures, the
+    zip bundle."""
     scale = scale_for(model.sample_shape[-1], PREVIEW_SIDE)
     labels = {"baseline": "baseline", "corrected": f"corrected ({req.method})"}
-    recs = {labels[k]: v.records for k, v in runs.items()}
     images = {}
     for run, res in runs.items():
         for i, im in enumerate(to_pil(res.images)):
             images[f"{run}_{i:02d}"] = im
     meta = {"tab": "generate", "model": model.name, "request": asdict(req), "metrics": {
-        run: {"noise_shift": res.noise_shift, "nfe_per_image": res.nfe_per_image, "seconds": round(res.seconds, 3)}
-        for run, res in runs.items()}, "traces": {run: res.trace(per_image=True) for run, res in runs.items()}}
-    return {"baseline": grid(to_pil(runs["baseline"].images), scale=scale),
-            "corrected": grid(to_pil(runs["corrected"].images), scale=scale),
-            "metrics": metrics_markdown(req, runs), "sigma": sigma_frame(recs), "eps": eps_frame(recs),
+        run: {"noise_shift": res.noise_shift, **res.figures, "nfe_per_image": res.nfe_per_image,
+              "seconds": round(res.seconds, 3)} for run, res in runs.items()},
+        "traces": {run: res.trace(per_image=True) for run, res in runs.items()}}
+    bands, leftover = noise_plots(runs, labels)
+    return {"baseline": grid(to_pil(runs["baseline"].images), scale=scale, captions=captions(runs["baseline"])),
+            "corrected": grid(to_pil(runs["corrected"].images), scale=scale, captions=captions(runs["corrected"])),
+            "metrics": metrics_markdown(req, runs), "sigma": bands, "leftover": leftover,
             "bundle": write_bundle("generate", images, meta), "meta": meta}

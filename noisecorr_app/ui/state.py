@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from ..methods import METHODS, available
+from ..methods import METHODS, available, recommended_run
 from ..models.loading import REPO_ID, ModelLoadError, load_model
 from ..models.registry import HUB_PRESETS, extras_for
 from .common import RunLock
@@ -29,6 +29,8 @@ WHY_UNAVAILABLE = {
     "nlc-lut": "no NLC lookup table for this model yet",
     "nag": "the model was not trained with noise-condition dropout",
     "nag-est": "no noise-level estimator for this model",
+    "nlc-est": "no noise-level estimator for this model",
+    "nag+nlc-est": "needs noise-condition dropout and a noise-level estimator",
     "ts": "needs the model's discrete training schedule",
 }
 
@@ -179,9 +181,18 @@ def correction_choices(model) -> tuple[list[tuple[str, str]], list[str]]:
     return ok, missing
 
 
-def default_correction(choices: list[tuple[str, str]]) -> str | None:
-    order = ["nlc", "nag", "nag-est", "es", "self", "ts", "nlc-lut"]
+def default_correction(choices: list[tuple[str, str]], model=None) -> str | None:
+    """The correction the Generate tab starts with: the model's recommended one (its benchmark shows it
+    winning), else the first of a fixed order that it has."""
+    order = ["nag+nlc-est", "nag", "nlc", "nlc-est", "nag-est", "es", "self", "ts", "nlc-lut"]
     keys = [k for _, k in choices]
+    if model is not None:
+        try:
+            preferred, _ = recommended_run(model)
+        except ValueError:
+            preferred = None
+        if preferred in keys:
+            return preferred
     return next((m for m in order if m in keys), keys[0] if keys else None)
 
 

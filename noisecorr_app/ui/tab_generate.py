@@ -3,46 +3,39 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..methods import DEFAULTS, defaults_for
+from ..methods import DEFAULTS, FALLBACK_STEPS, defaults_for, recommended_run
 from ..sampling.samplers import SAMPLERS
 from . import inputs as checked
 from .common import GPU
 from .generate import MAX_IMAGES, MAX_STEPS, NAG_METHODS, default_nag_weight, followed_cfg_scale, followed_nag_weight, \
     generate_outputs, nag_key, needs_exclusive, parse_generate, preview, run_generate
-from .plots import EPS_Y, SIGMA_Y
 from .state import ANY_CLASS, class_choices, correction_choices, default_correction
 from .wiring import SAMPLING, png, run_streamed, session_model, user_error
 
 
-# Plots start with no value: one that starts as an empty DataFrame draws no lines when a result
-# arrives (Gradio 6.31 in chromium: axes but invisible lines and no legend).
-START_STEPS = 20
-
-
-def sigma_plot(label="Noise level per step: scheduled vs estimated (log10 sigma)"):
-    return gr.LinePlot(None, x="step", y=SIGMA_Y, color="series",
-                       label=label, x_title="step", y_title="log10 sigma")
-
-
-def eps_plot(label="||eps|| / sqrt(n) per step (1 = the network sees the level it was told)"):
-    return gr.LinePlot(None, x="step", y=EPS_Y, color="series",
-                       label=label, x_title="step", y_title="||eps||/sqrt(n)")
+def start_steps(model) -> int:
+    """The step count the tab starts at: the model's recommendation (noisecorr.json), else 20."""
+    try:
+        return min(recommended_run(model)[1], MAX_STEPS) if model is not None else FALLBACK_STEPS
+    except ValueError:
+        return FALLBACK_STEPS
 
 
 def build(store, model_key, model, concurrency: int) -> dict:
     """The tab's widgets under the current gr.Tab; returns those the model picker updates."""
     ok, _ = correction_choices(model)
-    first = default_correction(ok)
+    first = default_correction(ok, model)
+    start = start_steps(model)
     with gr.Row():
         with gr.Column(scale=1, min_width=260):
             cls = checked.Dropdown(class_choices(model), value=ANY_CLASS, label="Class", allow_custom_value=True)
             sampler = checked.Dropdown(list(SAMPLERS), value="ddim", label="Sampler", allow_custom_value=True)
-            steps = checked.Slider(1, MAX_STEPS, value=START_STEPS, step=1, label="Steps")
+            steps = checked.Slider(1, MAX_STEPS, value=start, step=1, label="Steps")
             seed = checked.Number(0, precision=0, minimum=0, label="Seed")
             n = checked.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
             correction = checked.Dropdown(ok, value=first, label="Correction to compare with the baseline",
                                           allow_custom_value=True)
-            nag_w = checked.Slider(0, 20, value=default_nag_weight(first or "nag", model, START_STEPS), step=0.1, label="NAG weight w",
+            nag_w = checked.Slider(0, 20, value=default_nag_weight(first or "nag", model, start), step=0.1, label="NAG weight w",
                                    visible=first in NAG_METHODS)
             cfg = checked.Slider(1, 10, value=1, step=0.1, label="CFG scale (1 = off; needs a class)")
             lam = checked.Slider(0.98, 1.02, value=defaults_for(model)["es_lambda"], step=0.001, label="Epsilon-scaling lambda",
@@ -54,8 +47,8 @@ def build(store, model_key, model, concurrency: int) -> dict:
                 base = gr.Image(label="Baseline", format="png", type="pil", elem_id="gen-baseline")
                 fixed = gr.Image(label="Corrected", format="png", type="pil", elem_id="gen-corrected")
             metrics = gr.Markdown(elem_id="gen-metrics")
-            sig = sigma_plot()        # full width: side by side, Vega clipped the plots to nothing
-            eps = eps_plot()
+            sig = gr.Plot(label="Noise at each step, relative to the schedule", format="png", elem_id="gen-levels")
+            left = gr.Plot(label="Noise left in each final image", format="png", elem_id="gen-leftover")
             bundle = gr.File(label="Download: images (PNG) and the run's settings and traces (zip)")
 
     def recommended(key, n_steps):
@@ -101,9 +94,9 @@ def build(store, model_key, model, concurrency: int) -> dict:
                 lambda run, rec: {base if run == "baseline" else fixed: png(preview(model, rec.x0), "preview")})
         out = generate_outputs(model, req, runs)
         b, c = png(out["baseline"], "baseline"), png(out["corrected"], "corrected")
-        yield (b, c), b, c, out["metrics"], out["sigma"], out["eps"], out["bundle"]
+        yield (b, c), b, c, out["metrics"], out["sigma"], out["leftover"], out["bundle"]
 
     go.click(generate, [model_key, cls, sampler, steps, seed, n, correction, nag_w, cfg, lam],
-             [slider, base, fixed, metrics, sig, eps, bundle], api_name="generate",
+             [slider, base, fixed, metrics, sig, left, bundle], api_name="generate",
              concurrency_id=SAMPLING, concurrency_limit=concurrency)
-    return {"class": cls, "correction": correction}
+    return {"class": cls, "correction": correction, "steps": steps}

@@ -12,10 +12,23 @@ from .plots import CONSISTENCY_Y
 from .restore import EDITOR_SIDE, MAX_STEPS, TABS, editor_value, needs_exclusive_restore, parse_restore, preview, \
     restore_outputs, run_restore
 from .state import restoration_plan
-from .tab_generate import eps_plot, sigma_plot
+from .plots import EPS_Y, SIGMA_Y
 from .wiring import SAMPLING, png, run_streamed, session_model, user_error
 
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.png"))
+
+
+
+# Plots start with no value: one that starts as an empty DataFrame draws no lines when a result
+# arrives (Gradio 6.31 in chromium: axes but invisible lines and no legend).
+def sigma_plot(label="Noise level per step: scheduled vs estimated (log10 sigma)"):
+    return gr.LinePlot(None, x="step", y=SIGMA_Y, color="series",
+                       label=label, x_title="step", y_title="log10 sigma")
+
+
+def eps_plot(label="||eps|| / sqrt(n) per step (1 = the network sees the level it was told)"):
+    return gr.LinePlot(None, x="step", y=EPS_Y, color="series",
+                       label=label, x_title="step", y_title="||eps||/sqrt(n)")
 
 
 def _settings_widgets(tab: str) -> dict:
