@@ -164,6 +164,10 @@ def _sample(a):
         method, steps = recommended_run(model)
     except ValueError as e:
         raise UserError(str(e)) from None
+    if a.method is None or a.steps is None:
+        picked = [f"method {a.method or method or 'none'}"] if a.method is None else []
+        picked += [f"{steps} steps"] if a.steps is None else []
+        print(f"{' and '.join(picked)}: the model's recommendation (--method / --steps to choose)")
     a.method = a.method or method or "none"
     a.steps = a.steps or steps
     method_kw = _method(a, model)
@@ -405,25 +409,32 @@ def _train_nlc(a):
         raise UserError(str(e)) from None
 
 
+def _estimator_and_data(a, split: str):
+    """(folder, estimator, images of ``split``) for the estimator commands, or a UserError."""
+    from .evaluation.commands import _threads
+    from .extras.estimator import load_estimator
+    from .training.data import load_images
+
+    _threads(a)
+    folder = Path(a.estimator)
+    try:
+        return folder, load_estimator(folder), load_images(a.data, split=split)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+
+
 def _calibrate_estimator(a):
     import json
 
     from tqdm import tqdm
 
-    from .evaluation.commands import _threads
     from .evaluation.results import command_line
-    from .extras.estimator import calibrate, load_estimator, save_estimator
-    from .training.data import load_images, to_tensor
+    from .extras.estimator import calibrate, save_estimator
+    from .training.data import to_tensor
 
     if not 2 <= a.knots <= 1000 or a.images < 1:
         raise UserError("--knots must be from 2 to 1000 and --images at least 1")
-    _threads(a)
-    folder = Path(a.estimator)
-    try:
-        est = load_estimator(folder)
-        ds = load_images(a.data, split="train")
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from None
+    folder, est, ds = _estimator_and_data(a, "train")
     images = to_tensor(ds.images[: a.images])
     with tqdm(total=a.knots, desc="calibrating (sigma levels)", unit="level") as bar:
         fitted = calibrate(est, images, knots=a.knots, seed=a.seed, progress=bar.update)
@@ -439,20 +450,13 @@ def _reference_level(a):
 
     import numpy as np
 
-    from .evaluation.commands import _threads
     from .evaluation.results import command_line
-    from .extras.estimator import load_estimator, reference_level
-    from .training.data import load_images, to_tensor
+    from .extras.estimator import reference_level
+    from .training.data import to_tensor
 
     if a.images < 10:
         raise UserError(f"--images must be at least 10, got {a.images}")
-    _threads(a)
-    folder = Path(a.estimator)
-    try:
-        est = load_estimator(folder)
-        ds = load_images(a.data, split="test")
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from None
+    folder, est, ds = _estimator_and_data(a, "test")
     # a seeded random subset: the split is stored class by class, so its first images are all airplanes
     pick = np.random.default_rng(a.seed).permutation(len(ds))[: a.images]
     ref = reference_level(est, to_tensor(ds.images[np.sort(pick)]))
@@ -573,7 +577,7 @@ def _restore_correction(a, model):
 
     method = "nlc" if a.method == "iterproj-nlc" else a.correction
     try:
-        return setup(method, model, steps=a.steps).correction
+        return setup(method, model, steps=a.steps, nlc_normalize=True).correction   # restoration's NLC normalises
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
 

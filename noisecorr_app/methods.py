@@ -178,7 +178,9 @@ def setup(method: str, model, steps: int | None = None, **params) -> MethodSetup
         from .extras.nlc import load_level_net
 
         net = _cached("nlc", ex["nlc"], lambda q: load_level_net(q, device=model.device))
-        return MethodSetup(NLC(net, mode=p.get("nlc_mode", "reuse")))
+        # The paper normalises eps to sqrt(n). In generation the network's own eps measured better on our
+        # model, in restoration the normalised one (docs/noise-shift.md), so restoration asks for it.
+        return MethodSetup(NLC(net, mode=p.get("nlc_mode", "reuse"), normalize=p.get("nlc_normalize", False)))
     if method == "nlc-lut":
         from .extras.nlc_table import NLCLookupTable
 

@@ -14,13 +14,20 @@ def _pyplot():
     return plt
 
 
-def _figure(size):
-    """A figure outside pyplot's registry: the app makes two per request, and pyplot would keep them all."""
+def _figure_grid(n: int, size):
+    """A figure of n panels in a row, outside pyplot's registry: the app makes two per request, and pyplot
+    would keep them all."""
     from matplotlib.figure import Figure
 
     _pyplot()        # selects the Agg backend once
     fig = Figure(figsize=size)
-    return fig, fig.subplots()
+    axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _figure(size):
+    fig, (ax,) = _figure_grid(1, size)
+    return fig, ax
 
 
 RUN_COLOURS = ("#d95f02", "#1b6ec2", "#7570b3", "#66a61e", "#e7298a", "#a6761d")   # baseline first
@@ -28,28 +35,34 @@ REAL = "#999999"
 
 
 def level_band_figure(runs: dict, title: str | None = None):
-    """runs: label -> ``trace.level_bands`` dict. Per step, the median and the 10-90% band over images of
-    the estimated noise level divided by the scheduled one, on a log axis where 1 = as scheduled."""
+    """runs: label -> ``trace.level_bands`` dict, the baseline first. Per step, the median and the 10-90%
+    band over images of the estimated noise level divided by the scheduled one, on a log axis where
+    1 = as scheduled. Two runs share one panel; more get one panel each beside the baseline (overlaid
+    bands cannot be told apart)."""
     from matplotlib import ticker
 
-    fig, ax = _figure((7.0, 3.6))
-    ax.axhline(1.0, color="k", lw=1.2, ls="--", label="as scheduled")
-    for (label, b), colour in zip(runs.items(), RUN_COLOURS):
-        if not b.get("ratio_median"):
-            continue
-        x = [k + 1 for k in b["step"]]
-        ax.fill_between(x, b["ratio_p10"], b["ratio_p90"], color=colour, alpha=0.2, lw=0)
-        ax.plot(x, b["ratio_median"], color=colour, marker=".", label=f"{label}: median (band: 80% of images)")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(ticker.FixedLocator([0.25, 0.5, 0.7, 0.85, 1, 1.2, 1.5, 2, 3, 4]))
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
-    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-    ax.set_xlabel("sampling step (from pure noise to the image)")
-    ax.set_ylabel("noise in the image / scheduled")
-    ax.set_title(title or "Noise at each step, relative to the schedule (1x = as scheduled; above: noise left over)",
-                 fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="upper left")
+    drawn = {k: v for k, v in runs.items() if v.get("ratio_median")}
+    (base_label, base), *others = list(drawn.items()) or [(None, None)]
+    panels = [others] if len(others) <= 1 else [[o] for o in others]
+    fig, axes = _figure_grid(len(panels), (7.0, 3.6) if len(panels) == 1 else (3.2 * len(panels), 3.4))
+    for ax, group in zip(axes, panels):
+        ax.axhline(1.0, color="k", lw=1.2, ls="--", label="as scheduled")
+        pairs = ([(base_label, base)] if base is not None else []) + group
+        for (label, b), colour in zip(pairs, RUN_COLOURS if len(panels) == 1 else (RUN_COLOURS[0], RUN_COLOURS[1])):
+            x = [k + 1 for k in b["step"]]
+            ax.fill_between(x, b["ratio_p10"], b["ratio_p90"], color=colour, alpha=0.2, lw=0)
+            ax.plot(x, b["ratio_median"], color=colour, marker=".",
+                    label=f"{label}: median (band: 80% of images)" if len(panels) == 1 else label)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(ticker.FixedLocator([0.25, 0.5, 0.7, 0.85, 1, 1.2, 1.5, 2, 3, 4]))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_xlabel("sampling step (from noise to image)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("noise in the image / scheduled")
+    fig.suptitle(title or "Noise at each step, relative to the schedule (1x = as scheduled; above: noise left over; "
+                 "bands: 80% of images)", fontsize=9)
     fig.tight_layout()
     return fig
 

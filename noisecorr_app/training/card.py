@@ -52,6 +52,14 @@ def class_grid(model, out_png: Path, per_class: int = 8, steps: int = 50, sample
     grid(images, cols=per_class, scale=2).save(out_png)
 
 
+def _recommended_run(info: dict) -> str:
+    rec = info.get("recommended") or {}
+    if not rec.get("method"):
+        return "none: the app starts at its first correction, 20 steps; the CLI at no correction"
+    return (f"`{rec['method']}` at {rec.get('steps', 20)} steps: where the app's Generate tab and `sample` start "
+            f"(`noisecorr.json`, `recommended`)" + (f"; why: {rec['note']}" if rec.get("note") else ""))
+
+
 def _recommended(info: dict) -> str:
     own = info.get("method_defaults") or {}
     if not own:
@@ -107,6 +115,7 @@ project's own script on CIFAR-10. It is small enough to sample interactively on 
 | training time | {hours:.2f} h of compute, last run on {state['device']} ({state.get('hardware') or hardware()}), precision {state['precision']} |
 | weights | EMA (decay ramping to {cfg['ema_decay']}), fp16 safetensors in `unet/`; `training/params.safetensors` holds the raw weights for resuming |
 | recommended method weights | {_recommended(info)} |
+| recommended run | {_recommended_run(info)} |
 
 Loading needs no custom code: `UNet2DModel.from_pretrained(folder, subfolder="unet")`; the null
 class is the last row of the class-embedding table, and the null noise level is the timestep

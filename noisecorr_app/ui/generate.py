@@ -181,8 +181,8 @@ def metrics_markdown(req: GenerateRequest, runs: dict) -> str:
              row("noise left in the final images, median ↓", "leftover_median"),
              row("noise left, worst image ↓", "leftover_max"),
              row("share of images noisier than 90% of real photos ↓", "share_above_real_p90", ".0%"),
-             row("noise shift per image, all steps (mean \\|log(σ_est/σ)\\|) ↓", "per_image_shift"),
-             row("systematic noise shift (batch median) ↓", "systematic_shift"),
+             row("distance from the schedule, per image, over all steps (mean \\|log σ_est/σ\\|) ↓", "per_image_shift"),
+             row("the same for the batch median only (systematic shift) ↓", "systematic_shift"),
              f"| network evaluations per image | {b.nfe_per_image:g} | {c.nfe_per_image:g} |",
              f"| seconds | {b.seconds:.1f} s | {c.seconds:.1f} s |"]
     desc = (f"{req.n} image(s), class **{req.class_name}**, sampler **{req.sampler}**, {req.steps} steps, "

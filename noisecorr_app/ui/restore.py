@@ -124,7 +124,7 @@ def parse_restore(model, tab: str, image, sigma_y, steps, seed, *, factor=None, 
 def corrected_setup(model):
     """(method, inner correction or None) for the corrected run."""
     method, _ = restoration_plan(model)
-    return method, (setup("nlc", model).correction if method == "iterproj-nlc" else None)
+    return method, (setup("nlc", model, nlc_normalize=True).correction if method == "iterproj-nlc" else None)
 
 
 def needs_exclusive_restore(model) -> bool:

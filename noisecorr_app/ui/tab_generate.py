@@ -47,8 +47,11 @@ def build(store, model_key, model, concurrency: int) -> dict:
                 base = gr.Image(label="Baseline", format="png", type="pil", elem_id="gen-baseline")
                 fixed = gr.Image(label="Corrected", format="png", type="pil", elem_id="gen-corrected")
             metrics = gr.Markdown(elem_id="gen-metrics")
-            sig = gr.Plot(label="Noise at each step, relative to the schedule", format="png", elem_id="gen-levels")
-            left = gr.Plot(label="Noise left in each final image", format="png", elem_id="gen-leftover")
+            # the figures carry their own titles: Gradio's label box would cover them
+            sig = gr.Plot(label="Noise at each step, relative to the schedule", show_label=False, format="png",
+                          elem_id="gen-levels")
+            left = gr.Plot(label="Noise left in each final image", show_label=False, format="png",
+                           elem_id="gen-leftover")
             bundle = gr.File(label="Download: images (PNG) and the run's settings and traces (zip)")
 
     def recommended(key, n_steps):
