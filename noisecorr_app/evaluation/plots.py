@@ -61,8 +61,8 @@ def level_band_figure(runs: dict, title: str | None = None):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="upper left")
     axes[0].set_ylabel("noise in the image / scheduled")
-    fig.suptitle(title or "Noise at each step, relative to the schedule (1x = as scheduled; above: noise left over; "
-                 "bands: 80% of images)", fontsize=9)
+    fig.suptitle(title or "Noise at each step relative to the schedule (1x = as scheduled, above: noise left over)",
+                 fontsize=9)
     fig.tight_layout()
     return fig
 
