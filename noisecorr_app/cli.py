@@ -573,11 +573,11 @@ def _restore_options(a) -> dict:
 
 def _restore_correction(a, model):
     """The correction inside the restoration loop: NLC for iterproj-nlc, else --method's."""
-    from .methods import setup
+    from .methods import RESTORATION_PARAMS, setup
 
     method = "nlc" if a.method == "iterproj-nlc" else a.correction
     try:
-        return setup(method, model, steps=a.steps, nlc_normalize=True).correction   # restoration's NLC normalises
+        return setup(method, model, steps=a.steps, **RESTORATION_PARAMS).correction
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
 

@@ -118,6 +118,11 @@ def recommended_values(model, key: str) -> set:
 
 FALLBACK_STEPS = 20       # the step count of a model that recommends none
 
+# What restoration asks of setup(): NLC with its direction normalised to sqrt(n), as the paper does. In
+# generation the network's own eps measured better on our model, in restoration the normalised one
+# (docs/noise-shift.md).
+RESTORATION_PARAMS = {"nlc_normalize": True}
+
 
 def recommended_run(model) -> tuple[str | None, int]:
     """(correction, steps) the app and the CLI start at: the model's measured choice (noisecorr.json
@@ -178,8 +183,6 @@ def setup(method: str, model, steps: int | None = None, **params) -> MethodSetup
         from .extras.nlc import load_level_net
 
         net = _cached("nlc", ex["nlc"], lambda q: load_level_net(q, device=model.device))
-        # The paper normalises eps to sqrt(n). In generation the network's own eps measured better on our
-        # model, in restoration the normalised one (docs/noise-shift.md), so restoration asks for it.
         return MethodSetup(NLC(net, mode=p.get("nlc_mode", "reuse"), normalize=p.get("nlc_normalize", False)))
     if method == "nlc-lut":
         from .extras.nlc_table import NLCLookupTable

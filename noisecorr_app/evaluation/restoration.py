@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..methods import available, setup
+from ..methods import RESTORATION_PARAMS, available, setup
 from ..restoration.methods import degrade, restore
 from ..restoration.operators import make_operator
 from .metrics import psnr, ssim
@@ -113,7 +113,7 @@ def evaluate_restoration(model, x: torch.Tensor, table: ResultsFile, *, tasks: l
     with tqdm(total=len(todo), desc="cells", unit="cell") as outer:
         for task, sigma_y, method in todo:
             outer.set_postfix_str(f"{task} sigma_y {sigma_y} {method}")
-            corr = setup("nlc", model, nlc_normalize=True).correction if method == "iterproj-nlc" else None
+            corr = setup("nlc", model, **RESTORATION_PARAMS).correction if method == "iterproj-nlc" else None
             with tqdm(total=len(x) * steps, desc=f"  {task} {sigma_y} {method}", unit="img-step",
                       leave=False) as bar:
                 r = run_cell(model, ops[task], x, method, sigma_y=sigma_y, steps=steps, seed=seed,

@@ -128,20 +128,23 @@ class LevelCorrection(Correction):
     style, which keeps the step's ratio sigma_next/sigma), the denoiser is re-evaluated at
     sigma_hat, and its direction is normalised to norm sqrt(n) (METHODS.md section 3).
     Subclasses give ``ratio``: a network (NLC), a table (NLC-LUT), the eps norm (self-estimate),
-    or an oracle in tests. Above ``max_sigma`` (t > 960 for the official code) it is switched off.
+    or an oracle in tests. Above ``max_sigma`` (t > 960 for the official code) it is switched off;
+    with ``final_only`` it acts on the last step only, the one that makes the image (into sigma 0).
     """
     name = "level"
 
     def __init__(self, normalize: bool = True, max_sigma: float | None = 107.0, r_clip: float = 0.5,
-                 reevaluate: bool = True):
+                 reevaluate: bool = True, final_only: bool = False):
         self.normalize, self.max_sigma, self.r_clip, self.reevaluate = normalize, max_sigma, r_clip, reevaluate
+        self.final_only = final_only
 
     def ratio(self, model, x, sigma, cond, step) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """r per image, or (r, eps at the scheduled level) when computing r gave that eps for free."""
         raise NotImplementedError
 
     def predict(self, model, x, sigma, sigma_next, cond, step):
-        if self.max_sigma is not None and float(sigma.max()) > self.max_sigma:
+        if (self.max_sigma is not None and float(sigma.max()) > self.max_sigma) or \
+                (self.final_only and float(sigma_next.max()) > 0):
             return super().predict(model, x, sigma, sigma_next, cond, step)
         out = self.ratio(model, x, sigma, cond, step)
         r, eps_nominal = out if isinstance(out, tuple) else (out, None)
@@ -222,13 +225,8 @@ class EstimatedLevel(LevelCorrection):
     name = "nlc-est"
 
     def __init__(self, estimator, final_only: bool = True, normalize: bool = False, **kw):
-        super().__init__(reevaluate=True, normalize=normalize, **kw)
-        self.estimator, self.final_only = estimator, final_only
-
-    def predict(self, model, x, sigma, sigma_next, cond, step):
-        if self.final_only and float(sigma_next.max()) > 0:
-            return Correction.predict(self, model, x, sigma, sigma_next, cond, step)
-        return super().predict(model, x, sigma, sigma_next, cond, step)
+        super().__init__(reevaluate=True, normalize=normalize, final_only=final_only, **kw)
+        self.estimator = estimator
 
     def ratio(self, model, x, sigma, cond, step):
         return self.estimator.estimate(x).to(sigma) / sigma - 1

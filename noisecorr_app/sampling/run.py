@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Iterator
 
 import torch
@@ -59,14 +60,19 @@ class SampleResult:
         """The systematic (batch-median) shift; ``figures`` has the per-image ones."""
         return noise_shift(self.records)
 
-    @property
+    @cached_property
     def figures(self) -> dict:
+        """The run's noise figures (``trace.noise_figures``); a result is not changed once made."""
         return noise_figures(self.records, self.leftover, self.reference)
+
+    @cached_property
+    def level_bands(self) -> dict:
+        return level_bands(self.records)
 
     def trace(self, per_image: bool = False) -> dict:
         out = {"settings": self.settings, "nfe_per_image": self.nfe_per_image, "seconds": round(self.seconds, 4),
                "noise_shift": self.noise_shift, **self.figures, "reference": self.reference,
-               "level_bands": level_bands(self.records), "steps": [step_summary(r, per_image) for r in self.records]}
+               "level_bands": self.level_bands, "steps": [step_summary(r, per_image) for r in self.records]}
         if self.leftover is not None:
             out["leftover_per_image"] = [round(float(v), 6) for v in self.leftover]
         return out

@@ -204,9 +204,8 @@ def metrics_markdown(req: GenerateRequest, runs: dict) -> str:
 def noise_plots(runs: dict, labels: dict):
     """The two figures of the tab: per-step band of the noise level, and each final image's leftover noise."""
     from ..evaluation.plots import leftover_figure, level_band_figure
-    from ..sampling.trace import level_bands
 
-    bands = level_band_figure({labels[k]: level_bands(v.records) for k, v in runs.items()})
+    bands = level_band_figure({labels[k]: v.level_bands for k, v in runs.items()})
     left = {labels[k]: [float(x) for x in v.leftover] for k, v in runs.items() if v.leftover is not None}
     return bands, leftover_figure(left, runs["baseline"].reference) if left else None
 

@@ -10,7 +10,7 @@ import torch
 
 from ..evaluation.metrics import psnr, ssim
 from ..images import prepare_image, to_pil
-from ..methods import load_estimator_for, setup
+from ..methods import RESTORATION_PARAMS, load_estimator_for, setup
 from ..restoration.methods import degrade, restore
 from ..restoration.operators import Inpainting, make_operator, mask_from_image
 from .common import RESTORE_SIDE, as_float, as_int, scale_for, side_by_side, write_bundle
@@ -124,7 +124,7 @@ def parse_restore(model, tab: str, image, sigma_y, steps, seed, *, factor=None, 
 def corrected_setup(model):
     """(method, inner correction or None) for the corrected run."""
     method, _ = restoration_plan(model)
-    return method, (setup("nlc", model, nlc_normalize=True).correction if method == "iterproj-nlc" else None)
+    return method, (setup("nlc", model, **RESTORATION_PARAMS).correction if method == "iterproj-nlc" else None)
 
 
 def needs_exclusive_restore(model) -> bool:
