@@ -1,70 +1,162 @@
-"""Method names -> correction objects and sampling options, for the CLI, the app and the benchmark.
+"""The registry of generation methods: each one declared once (``MethodSpec``), with what a model
+needs for it, the settings it reads (``settings.PARAMS``) and how it is built. The CLI's ``--method``
+and flags, the app's correction list and controls, and the benchmark's method list all come from
+``METHODS``; adding a correction is one ``register(MethodSpec(...))`` next to its core code.
 
-One table: ``none`` (baseline), ``nlc`` (r_theta), ``nlc-lut`` (its lookup table), ``nag``
-(classifier-free, needs noise-condition dropout), ``nag-est`` (estimator-based), ``es`` (epsilon
-scaling), ``ts`` (time shift), ``self`` (the eps-norm self-estimate). Trained ones need their
-weights (``models.registry.extras_for``); the others work for every model.
+A model may recommend its own settings (noisecorr.json ``method_defaults``, numbers or objects keyed
+by step count) and its own starting run (``recommended``: method and steps).
 """
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .models.registry import extras_for
+from .settings import PARAMS, check_values
 from .sampling.corrections import NLC, Correction, EpsScaling, EstimatedLevel, NLCTable, SelfEstimate, TimeShift
-
-METHODS = {
-    "none": "baseline sampler",
-    "nlc": "Noise Level Correction (trained r_theta)",
-    "nlc-lut": "NLC lookup table (no network at sampling time)",
-    "nlc-est": "Noise Level Correction read by the noise-level estimator (on the final step)",
-    "nag+nlc-est": "Noise Awareness Guidance, then the estimator's level correction on the final step",
-    "nag": "Noise Awareness Guidance, classifier-free (model trained with noise-condition dropout)",
-    "nag-est": "Noise Awareness Guidance with the noise-level estimator",
-    "es": "epsilon scaling (training-free)",
-    "ts": "time-shift sampler (training-free)",
-    "self": "self-estimated level ||eps||/sqrt(n) (training-free)",
-}
-DEFAULTS = {"nag_scale": 3.0, "nag_est_scale": 10.0, "es_lambda": 1.005, "ts_window": 20, "ts_cutoff": 300,
-            "cfg_scale": 1.0}
-# The numeric settings a model folder may recommend for itself (noisecorr.json "method_defaults"):
-# the papers' values suit models trained to convergence, not necessarily ours (NAG's w = 3 made the
-# embedded model worse; its measured best is in its noisecorr.json and its card).
-# A value may depend on the step count (NAG's best weight falls as steps rise): see for_steps.
-TUNABLE = ("nag_scale", "nag_est_scale", "es_lambda", "cfg_scale")   # cfg_scale: the app's start when a class is picked
-REFERENCE_STEPS = 20      # the app's default step count: whose recommendation applies when steps are unknown
 
 
 @dataclass
 class MethodSetup:
     correction: Correction
-    options: dict = field(default_factory=dict)     # extra keyword arguments for sample()
+    options: dict = field(default_factory=dict)     # extra keyword arguments for sample() (guidance)
+
+
+@dataclass(frozen=True)
+class Need:
+    """Something a model must have for a method: a test and, when it fails, the reason in plain words."""
+    has: Callable[[object], bool]
+    missing: str
+
+
+NEEDS = {
+    "nlc": Need(lambda m: "nlc" in extras_for(m), "no trained NLC weights for this model yet"),
+    "nlc-lut": Need(lambda m: "nlc-lut" in extras_for(m), "no NLC lookup table for this model yet"),
+    "estimator": Need(lambda m: "estimator" in extras_for(m), "no noise-level estimator for this model"),
+    "null-noise": Need(lambda m: bool(m.supports_null_noise), "the model was not trained with noise-condition dropout"),
+    "schedule": Need(lambda m: m.schedule is not None, "needs the model's discrete training schedule"),
+}
+
+
+@dataclass
+class Run:
+    """What a method is built for: the model, the run's steps and sampler, and its settings resolved."""
+    model: object
+    steps: int | None
+    sampler: str
+    values: dict
+
+    def extra(self, kind: str, loader):
+        return cached_extra(kind, extras_for(self.model)[kind], self.model, loader)
+
+    def estimator(self):
+        return load_estimator_for(self.model)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str                                  # the short code (CLI, API, JSON)
+    title: str                                 # what it is, in plain words
+    build: Callable[[Run], MethodSetup]
+    params: tuple[str, ...] = ()               # settings it reads (keys of settings.PARAMS)
+    needs: tuple[str, ...] = ()                # keys of NEEDS
+    exclusive: bool = False                    # reads the shared network's features through a hook
+    in_restoration: bool = False               # can sit inside a restoration's projection loop
+
+    def available(self, model) -> bool:
+        return all(NEEDS[n].has(model) for n in self.needs)
+
+    def why_unavailable(self, model) -> str | None:
+        missing = [NEEDS[n].missing for n in self.needs if not NEEDS[n].has(model)]
+        return "; ".join(missing) or None
+
+
+METHODS: dict[str, MethodSpec] = {}      # in the order the app prefers when a model recommends none
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    unknown = [p for p in spec.params if p not in PARAMS] + [n for n in spec.needs if n not in NEEDS]
+    if unknown:
+        raise ValueError(f"method {spec.name!r} names undeclared settings or needs: {', '.join(unknown)}")
+    METHODS[spec.name] = spec
+    return spec
+
+
+def _nlc(run):
+    from .extras.nlc import load_level_net
+
+    net = run.extra("nlc", load_level_net)
+    return MethodSetup(NLC(net, mode=run.values["nlc_mode"], normalize=run.values.get("nlc_normalize", False)))
+
+
+def _nlc_lut(run):
+    from .extras.nlc_table import NLCLookupTable
+
+    return MethodSetup(NLCTable(run.extra("nlc-lut", lambda p, device: NLCLookupTable.load(p)), sampler=run.sampler))
+
+
+def _nag(run):
+    return {"nag_scale": run.values["nag_scale"]}
+
+
+for _spec in (
+    MethodSpec("none", "baseline sampler", lambda run: MethodSetup(Correction()), in_restoration=True),
+    MethodSpec("nag+nlc-est", "Noise Awareness Guidance, then the estimator's level correction on the final step",
+               lambda run: MethodSetup(EstimatedLevel(run.estimator()), _nag(run)), ("nag_scale",),
+               ("estimator", "null-noise")),
+    MethodSpec("nag", "Noise Awareness Guidance, classifier-free (model trained with noise-condition dropout)",
+               lambda run: MethodSetup(Correction(), _nag(run)), ("nag_scale",), ("null-noise",)),
+    MethodSpec("nlc", "Noise Level Correction (trained r_theta)", _nlc, ("nlc_mode",), ("nlc",), exclusive=True),
+    MethodSpec("nlc-est", "Noise Level Correction read by the noise-level estimator (on the final step)",
+               lambda run: MethodSetup(EstimatedLevel(run.estimator())), (), ("estimator",)),
+    MethodSpec("nag-est", "Noise Awareness Guidance with the noise-level estimator",
+               lambda run: MethodSetup(Correction(), {"estimator": run.estimator(),
+                                                      "nag_est_scale": run.values["nag_est_scale"]}),
+               ("nag_est_scale",), ("estimator",)),
+    MethodSpec("es", "epsilon scaling (training-free)", lambda run: MethodSetup(EpsScaling(run.values["es_lambda"])),
+               ("es_lambda",), in_restoration=True),
+    MethodSpec("self", "self-estimated level ||eps||/sqrt(n) (training-free)", lambda run: MethodSetup(SelfEstimate()),
+               in_restoration=True),
+    MethodSpec("ts", "time-shift sampler (training-free)",
+               lambda run: MethodSetup(TimeShift(run.values["ts_window"], run.values["ts_cutoff"])),
+               ("ts_window", "ts_cutoff"), ("schedule",), in_restoration=True),
+    MethodSpec("nlc-lut", "NLC lookup table (no network at sampling time)", _nlc_lut, (), ("nlc-lut",)),
+):
+    register(_spec)
+
+
+def spec(method: str) -> MethodSpec:
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    return METHODS[method]
+
+
+def method_params() -> list[str]:
+    """The settings the registered methods read, in declaration order, and the CFG scale (any run's)."""
+    used = {k for s in METHODS.values() for k in s.params} | {"cfg_scale"}
+    return [k for k in PARAMS if k in used]
 
 
 def available(model) -> dict[str, bool]:
-    ex = extras_for(model)
-    return {"none": True, "nlc": "nlc" in ex, "nlc-lut": "nlc-lut" in ex,
-            "nag": bool(getattr(model, "supports_null_noise", False)), "nag-est": "estimator" in ex, "nlc-est": "estimator" in ex,
-            "nag+nlc-est": "estimator" in ex and bool(getattr(model, "supports_null_noise", False)),
-            "es": True, "ts": hasattr(model, "alphas_cumprod"), "self": True}
+    return {name: s.available(model) for name, s in METHODS.items()}
 
 
-def check_params(nag_scale=None, nag_est_scale=None, es_lambda=None, cfg_scale=None, eta=None):
-    """The numeric settings of the methods (None = default), checked up front so that a NaN, an
-    infinity or an out-of-range value is refused before a model, a classifier or reference features
-    are loaded. The same limits as the code that uses them (Guided, EstimatorGuided, EpsScaling, DDIM)."""
-    import math
+# -- a model's own recommendations ------------------------------------------------------------------
+REFERENCE_STEPS = 20      # whose recommendation applies when a run's steps are unknown
+FALLBACK_STEPS = 20       # the step count of a model that recommends none
+DEFAULTS = {k: p.default for k, p in PARAMS.items()}   # the built-in settings' (a registered one: declared())
 
-    def finite(v):
-        return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
 
-    for name, v in (("nag_scale", nag_scale), ("nag_est_scale", nag_est_scale), ("cfg_scale", cfg_scale)):
-        if v is not None and not (finite(v) and abs(v) < 100):
-            raise ValueError(f"{name} must be a finite number below 100, got {v}")
-    if es_lambda is not None and not (finite(es_lambda) and 0.5 < es_lambda < 2.0):
-        raise ValueError(f"epsilon-scaling factor must lie in (0.5, 2), got {es_lambda}")
-    if eta is not None and not (finite(eta) and 0 <= eta <= 1):
-        raise ValueError(f"DDIM's eta must be a number from 0 to 1, got {eta}")
+def declared() -> dict:
+    """Every declared setting's default, including any registered since import."""
+    return {k: p.default for k, p in PARAMS.items()}
+
+# What restoration asks of setup(): NLC with its direction normalised to sqrt(n), as the paper does. In
+# generation the network's own eps measured better on our model, in restoration the normalised one
+# (docs/noise-shift.md).
+RESTORATION_PARAMS = {"nlc_normalize": True}
 
 
 def for_steps(value, steps: int | None):
@@ -77,7 +169,21 @@ def for_steps(value, steps: int | None):
     return min(value.items(), key=lambda kv: (abs(math.log(int(kv[0])) - target), -int(kv[0])))[1]
 
 
-def _check_recommendations(own: dict, where: str) -> None:
+def _model_file(model, key: str):
+    info = getattr(model, "info", None) or {}
+    where = f"{info.get('folder', 'the model')}/noisecorr.json"
+    value = info.get(key) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} in {where} must be an object")
+    return value, where
+
+
+def recommendations(model) -> dict:
+    """DEFAULTS with the model's own recommendations (``method_defaults`` in its noisecorr.json) on top,
+    as written there: numbers, or step-keyed objects (``for_steps``). A recommendation outside the
+    settings' ranges is an error naming the file, not a silent fallback."""
+    own, where = _model_file(model, "method_defaults")
+    own = {k: v for k, v in own.items() if k in PARAMS and PARAMS[k].tunable}
     for key, value in own.items():
         table = value if isinstance(value, dict) else {str(REFERENCE_STEPS): value}
         if not table or not all(str(k).isdigit() and int(k) >= 1 for k in table):
@@ -85,115 +191,89 @@ def _check_recommendations(own: dict, where: str) -> None:
                              f"counts (e.g. {{\"10\": 1.5, \"20\": 0.5}}), got {value!r}")
         try:
             for v in table.values():
-                check_params(**{key: v})
+                PARAMS[key].check(v)
         except ValueError as e:
-            raise ValueError(f"{where}, method_defaults: {e}") from None
-
-
-def recommendations(model) -> dict:
-    """DEFAULTS with the model's own recommendations (``method_defaults`` in its noisecorr.json) on top,
-    as written there: numbers, or step-keyed objects (``for_steps``). A recommendation outside the
-    methods' limits is an error naming the file, not a silent fallback."""
-    info = getattr(model, "info", None) or {}
-    own = info.get("method_defaults") or {}
-    where = f"{info.get('folder', 'the model')}/noisecorr.json"
-    if not isinstance(own, dict):
-        raise ValueError(f"method_defaults in {where} must be an object")
-    own = {k: v for k, v in own.items() if k in TUNABLE}
-    _check_recommendations(own, where)
-    return {**DEFAULTS, **own}
+            raise ValueError(f"{where}, method_defaults: {key}: {e}") from None
+    return {**declared(), **own}
 
 
 def defaults_for(model, steps: int | None = None) -> dict:
-    """The methods' settings for a run of ``steps`` steps on ``model``: its recommendations, resolved."""
+    """The settings for a run of ``steps`` steps on ``model``: its recommendations, resolved."""
     return {k: for_steps(v, steps) for k, v in recommendations(model).items()}
 
 
 def recommended_values(model, key: str) -> set:
-    """Every value the model recommends for ``key`` (any step count), and the paper's default: the app
+    """Every value the model recommends for ``key`` (any step count), and the declared default: the app
     moves a slider that still shows one of these when the steps change, and leaves a user's own alone."""
     own = recommendations(model)[key]
-    return {float(v) for v in (own.values() if isinstance(own, dict) else [own])} | {float(DEFAULTS[key])}
-
-
-FALLBACK_STEPS = 20       # the step count of a model that recommends none
-
-# What restoration asks of setup(): NLC with its direction normalised to sqrt(n), as the paper does. In
-# generation the network's own eps measured better on our model, in restoration the normalised one
-# (docs/noise-shift.md).
-RESTORATION_PARAMS = {"nlc_normalize": True}
+    return {float(v) for v in (own.values() if isinstance(own, dict) else [own])} | {float(PARAMS[key].default)}
 
 
 def recommended_run(model) -> tuple[str | None, int]:
     """(correction, steps) the app and the CLI start at: the model's measured choice (noisecorr.json
-    ``recommended``: {"method", "steps"}), where its benchmark shows the correction winning, so that a
-    visitor's first run shows what the correction does rather than a setting where it loses. A model
+    ``recommended``: {"method", "steps"}), where its benchmark shows the correction winning. A model
     without one: no correction preferred (the caller's order applies) and FALLBACK_STEPS."""
-    info = getattr(model, "info", None) or {}
-    rec = info.get("recommended") or {}
-    where = f"{info.get('folder', 'the model')}/noisecorr.json"
-    if not isinstance(rec, dict):
-        raise ValueError(f"recommended in {where} must be an object")
+    rec, where = _model_file(model, "recommended")
     method, steps = rec.get("method"), rec.get("steps", FALLBACK_STEPS)
     if method is not None and method not in METHODS:
         raise ValueError(f"recommended.method in {where} must be one of {', '.join(METHODS)}, got {method!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
         raise ValueError(f"recommended.steps in {where} must be a whole number from 1 to 1000, got {steps!r}")
-    if method is not None and not available(model)[method]:
+    if method is not None and not METHODS[method].available(model):
         method = None
     return method, steps
 
 
-_cache: dict = {}
+# -- trained extras, loaded once per model ----------------------------------------------------------
+MAX_CACHED_EXTRAS = 8     # a server offering Hub models must not keep every one it ever loaded
+_extras: OrderedDict = OrderedDict()
 
 
-def _cached(kind, path, loader):
-    key = (kind, str(path))
-    if key not in _cache:
-        _cache[key] = loader(path)
-    return _cache[key]
+def cached_extra(kind: str, path, model, loader):
+    """``loader(path, device)`` once per (kind, folder, device); the least recently used beyond
+    MAX_CACHED_EXTRAS are dropped."""
+    key = (kind, str(path), str(model.device))
+    if key in _extras:
+        _extras.move_to_end(key)
+    else:
+        _extras[key] = loader(path, device=model.device)
+        while len(_extras) > MAX_CACHED_EXTRAS:
+            _extras.popitem(last=False)
+    return _extras[key]
 
 
 def load_estimator_for(model):
     from .extras.estimator import load_estimator
 
     path = extras_for(model).get("estimator")
-    return None if path is None else _cached("estimator", path, lambda p: load_estimator(p, device=model.device))
+    return None if path is None else cached_extra("estimator", path, model, load_estimator)
 
 
-def setup(method: str, model, steps: int | None = None, **params) -> MethodSetup:
-    """The correction and sample() options for a method run with ``steps`` steps (which picks the model's
-    step-dependent recommendations); ValueError if the model lacks what it needs."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
-    if not available(model)[method]:
-        raise ValueError(f"{model.name if hasattr(model, 'name') else 'this model'} has no trained weights "
-                         f"for '{method}' ({METHODS[method]})")
-    p = {**defaults_for(model, steps), **{k: v for k, v in params.items() if v is not None}}
-    ex = extras_for(model)
-    if method == "none":
-        return MethodSetup(Correction())
-    if method == "es":
-        return MethodSetup(EpsScaling(p["es_lambda"]))
-    if method == "ts":
-        return MethodSetup(TimeShift(p["ts_window"], p["ts_cutoff"]))
-    if method == "self":
-        return MethodSetup(SelfEstimate())
-    if method == "nlc":
-        from .extras.nlc import load_level_net
+def setup(method: str, model, steps: int | None = None, sampler: str = "ddim", **params) -> MethodSetup:
+    """The correction and sample() options for ``method`` on ``model`` for a run of ``steps`` steps with
+    ``sampler`` (the steps pick the model's step-dependent recommendations). ``params`` override the
+    settings (None: not given); ValueError for a value out of range or a model without what it needs."""
+    s = spec(method)
+    if not s.available(model):
+        raise ValueError(f"{getattr(model, 'name', 'this model')} cannot run '{method}' ({s.title}): "
+                         f"{s.why_unavailable(model)}")
+    given = check_values({k: v for k, v in params.items() if v is not None})
+    return s.build(Run(model, steps, sampler, {**defaults_for(model, steps), **given}))
 
-        net = _cached("nlc", ex["nlc"], lambda q: load_level_net(q, device=model.device))
-        return MethodSetup(NLC(net, mode=p.get("nlc_mode", "reuse"), normalize=p.get("nlc_normalize", False)))
-    if method == "nlc-lut":
-        from .extras.nlc_table import NLCLookupTable
 
-        return MethodSetup(NLCTable(_cached("lut", ex["nlc-lut"], NLCLookupTable.load)))
-    if method == "nlc-est":
-        return MethodSetup(EstimatedLevel(load_estimator_for(model)))
-    if method == "nag+nlc-est":
-        return MethodSetup(EstimatedLevel(load_estimator_for(model)), {"nag_scale": p["nag_scale"]})
-    if method == "nag":
-        return MethodSetup(Correction(), {"nag_scale": p["nag_scale"]})
-    if method == "nag-est":
-        return MethodSetup(Correction(), {"estimator": load_estimator_for(model), "nag_est_scale": p["nag_est_scale"]})
-    raise AssertionError(method)
+# -- inside restoration ---------------------------------------------------------------------------
+def restoration_available(model) -> dict[str, bool]:
+    """Per restoration method: whether the model has what its inner correction needs."""
+    from .restoration.tasks import RESTORATION_METHODS
+
+    return {name: m.inner is None or METHODS[m.inner].available(model) for name, m in RESTORATION_METHODS.items()}
+
+
+def restoration_correction(method: str, model, steps: int | None = None, correction: str = "none") -> Correction:
+    """The correction inside a restoration method's loop: its own (NLC for iterproj-nlc), else ``correction``
+    (a training-free one), with restoration's settings (RESTORATION_PARAMS)."""
+    from .restoration.tasks import RESTORATION_METHODS
+
+    if method not in RESTORATION_METHODS:
+        raise ValueError(f"unknown restoration method {method!r} (choose from {', '.join(RESTORATION_METHODS)})")
+    return setup(RESTORATION_METHODS[method].inner or correction, model, steps=steps, **RESTORATION_PARAMS).correction

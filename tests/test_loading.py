@@ -155,7 +155,7 @@ def test_a_model_recommends_its_own_method_weights(tmp_path):
     assert setup("nag", model).options["nag_scale"] == 0.5
     assert setup("nag", model, nag_scale=2.0).options["nag_scale"] == 2.0
     assert default_nag_weight("nag", model) == 0.5 and default_nag_weight("nag") == DEFAULTS["nag_scale"]
-    assert parse_generate(model, "any class", "ddim", 4, 0, 1, "nag").nag_weight == 0.5
+    assert parse_generate(model, "any class", "ddim", 4, 0, 1, "nag").params["nag_scale"] == 0.5
     plain = load_model(save_tiny_model(tmp_path / "p", num_class_embeds=4, extra={**extra, "method_defaults": {}}),
                        device="cpu")
     assert setup("nag", plain).options["nag_scale"] == DEFAULTS["nag_scale"]
@@ -179,8 +179,8 @@ def test_a_recommended_weight_can_depend_on_the_steps(tmp_path):
     assert defaults_for(model)["nag_scale"] == 0.5                     # steps unknown: the app's 20
     assert setup("nag", model, steps=8).options["nag_scale"] == 1.5
     assert setup("nag", model, steps=8, nag_scale=2.0).options["nag_scale"] == 2.0
-    assert parse_generate(model, "any class", "ddim", 10, 0, 1, "nag").nag_weight == 1.5
-    assert parse_generate(model, "any class", "ddim", 30, 0, 1, "nag").nag_weight == 0.5
+    assert parse_generate(model, "any class", "ddim", 10, 0, 1, "nag").params["nag_scale"] == 1.5
+    assert parse_generate(model, "any class", "ddim", 30, 0, 1, "nag").params["nag_scale"] == 0.5
     # the app's slider follows the steps while it shows a recommendation, and keeps a weight the user chose
     assert followed_nag_weight(model, "nag", 10, 0.5) == 1.5 and followed_nag_weight(model, "nag", 20, 1.5) == 0.5
     assert followed_nag_weight(model, "nag", 10, 2.2) is None and followed_nag_weight(model, "es", 10, 0.5) is None

@@ -7,7 +7,7 @@ import torch
 
 from noisecorr_app.models.denoiser import sigmas_from_alphas_cumprod
 from noisecorr_app.restoration.methods import (METHODS, OFFICIAL_TAIL_FRACTION, SIGMA_Y_MAX, Projected, cyclic_tail, default_tail_steps,
-                                               degrade, iterproj_sigmas, measurement_size, pinv_noise_gain,
+                                               degrade, iterproj_sigmas, measurement_size,
                                                restore)
 from noisecorr_app.restoration.operators import Inpainting, make_mask, make_operator
 from noisecorr_app.sampling.corrections import Correction, EpsScaling, OracleLevel
@@ -173,8 +173,8 @@ def test_pinv_noise_gain_is_one_over_the_singular_value():
     y = lambda op: op.A(torch.zeros(1, 3, 32, 32))
     for task, gain in [("sr4", 4.0), ("sr2", 2.0), ("colorize", math.sqrt(3)), ("inpaint", 1.0), ("cs", 1.0)]:
         op = make_operator(task, 32)
-        assert pinv_noise_gain(op, y(op)) == pytest.approx(gain, rel=1e-6), task
-    assert pinv_noise_gain(make_operator("deblur", 32), y(make_operator("deblur", 32))) > 1
+        assert op.noise_gain(y(op)) == pytest.approx(gain, rel=1e-6), task
+    assert make_operator("deblur", 32).noise_gain(y(make_operator("deblur", 32))) > 1
 
 
 @pytest.mark.parametrize("method", ["ddnm", "iterproj"])

@@ -163,8 +163,8 @@ def test_batch_independence(tiny_model_dir):
     torch.testing.assert_close(alone[0], batch[1], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kw,msg", [({"sampler": "euler"}, "unknown sampler"), ({"steps": 0}, "steps must"),
-                                    ({"steps": 1001}, "steps must"), ({"steps": 2.5}, "steps must")])
+@pytest.mark.parametrize("kw,msg", [({"sampler": "euler"}, "unknown sampler"), ({"steps": 0}, "Steps must"),
+                                    ({"steps": 1001}, "Steps must"), ({"steps": 2.5}, "Steps must")])
 def test_bad_settings_are_clear(gaussian, kw, msg):
     with pytest.raises(ValueError, match=msg):
         sample(gaussian, **{"steps": 5, **kw})

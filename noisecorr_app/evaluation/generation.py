@@ -26,13 +26,13 @@ KEY = ("sampler", "steps", "method")
 
 
 class TimedEstimator:
-    """Passes everything to the estimator and adds up the time its ``estimate`` (trace readings) takes."""
+    """The estimator, adding up the time its ``estimate`` (the trace's readings: a measurement) takes.
+    Its guidance gradient (``log_prob``, nag-est's) is part of the method: passed on, not counted."""
 
     def __init__(self, estimator):
         self.estimator, self.seconds, self.last = estimator, 0.0, 0.0
-
-    def __getattr__(self, name):
-        return getattr(self.estimator, name)
+        self.reference = getattr(estimator, "reference", None)
+        self.log_prob, self.parameters = estimator.log_prob, estimator.parameters
 
     def estimate(self, x):
         t = time.perf_counter()
@@ -107,10 +107,7 @@ def evaluate_generation(model, classifier, ref: Reference, table: ResultsFile, *
             log(f"skipping {m}: {reason}")
     runnable = [m for m in methods if can[m]]
     cells = [(s, k, m) for s in samplers for k in steps for m in runnable]
-    todo = [c for c in cells if not table.done(sampler=c[0], steps=c[1], method=c[2])]
-    if len(todo) < len(cells):
-        log(f"resuming {table.path}: {len(cells) - len(todo)} of {len(cells)} cells already done")
-    table.save()
+    todo = table.todo(cells, log)
     with tqdm(total=len(todo), desc="cells", unit="cell") as outer:
         for sampler, k, method in todo:
             outer.set_postfix_str(f"{sampler} {k} steps {method}")

@@ -136,9 +136,7 @@ def plot_fid_vs_steps(rows: list[dict], path: str | Path) -> Path:
     fig.suptitle(f"FID-C10 against steps, n = {rows[0]['n']} per point\n(our classifier's features: "
                  f"not comparable with Inception FID)", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    path = save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -175,9 +173,7 @@ def plot_noise_shift(rows: list[dict], sampler: str, steps: int, path: str | Pat
         ax.grid(alpha=0.3)
     fig.suptitle(f"{sampler}, {steps} steps, n = {sel[0]['n']}", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    path = save_figure(fig, path)
     plt.close(fig)
     return path
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..methods import RESTORATION_PARAMS, available, setup
+from ..methods import restoration_available, restoration_correction
 from ..restoration.methods import degrade, restore
 from ..restoration.operators import make_operator
 from .metrics import psnr, ssim
@@ -98,22 +98,20 @@ def evaluate_restoration(model, x: torch.Tensor, table: ResultsFile, *, tasks: l
 
     task_settings = task_settings or {}
     runnable = list(methods)
-    if "iterproj-nlc" in methods and not available(model)["nlc"]:
+    can = restoration_available(model)
+    for m in [m for m in methods if not can[m]]:
         reason = f"{model.name} has no NLC weights (<model>/nlc; train them with `train nlc`)"
-        table.skip("iterproj-nlc", reason)
-        log(f"skipping iterproj-nlc: {reason}")
-        runnable.remove("iterproj-nlc")
+        table.skip(m, reason)
+        log(f"skipping {m}: {reason}")
+        runnable.remove(m)
     size, channels = model.sample_shape[-1], model.sample_shape[0]
     ops = {t: make_operator(t, size, channels, **task_settings.get(t, {})) for t in tasks}   # bad settings fail now
     cells = [(t, s, m) for t in tasks for s in sigma_ys for m in runnable]
-    todo = [c for c in cells if not table.done(task=c[0], sigma_y=c[1], method=c[2])]
-    if len(todo) < len(cells):
-        log(f"resuming {table.path}: {len(cells) - len(todo)} of {len(cells)} cells already done")
-    table.save()
+    todo = table.todo(cells, log)
     with tqdm(total=len(todo), desc="cells", unit="cell") as outer:
         for task, sigma_y, method in todo:
             outer.set_postfix_str(f"{task} sigma_y {sigma_y} {method}")
-            corr = setup("nlc", model, **RESTORATION_PARAMS).correction if method == "iterproj-nlc" else None
+            corr = restoration_correction(method, model, steps)
             with tqdm(total=len(x) * steps, desc=f"  {task} {sigma_y} {method}", unit="img-step",
                       leave=False) as bar:
                 r = run_cell(model, ops[task], x, method, sigma_y=sigma_y, steps=steps, seed=seed,

@@ -40,7 +40,7 @@ def command_line(parser, args, prefix: str = "python -m noisecorr_app") -> str:
 def weights_fingerprint(model) -> str | None:
     """sha1 of a loaded model's weights files (a model still training changes them between runs);
     None for models without a folder (e.g. analytic ones)."""
-    from ..training.data import file_sha1
+    from ..extras.storage import file_sha1
 
     folder = getattr(model, "info", {}).get("folder") if getattr(model, "info", None) else None
     if not folder:
@@ -87,6 +87,15 @@ class ResultsFile:
 
     def done(self, **cell) -> bool:
         return any(self.key(r) == self.key(cell) for r in self.doc["rows"])
+
+    def todo(self, cells: list[tuple], log=print) -> list[tuple]:
+        """The cells (tuples in ``key_fields`` order) not done yet; says how many a resumed run reuses,
+        and writes the file so that an interrupted run leaves its header."""
+        todo = [c for c in cells if not self.done(**dict(zip(self.key_fields, c)))]
+        if len(todo) < len(cells):
+            log(f"resuming {self.path}: {len(cells) - len(todo)} of {len(cells)} cells already done")
+        self.save()
+        return todo
 
     @property
     def rows(self) -> list[dict]:

@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import time
 
-import torch
-
+from ..models.denoiser import Wrapper
 from ..sampling.run import sample
 from ..sampling.samplers import SAMPLERS
 
 
-class TimedDenoiser:
+class TimedDenoiser(Wrapper):
     """Adds up the wall time spent inside the network: the UNet's forward itself when there is
     one (so the sigma -> timestep and input scaling count as our overhead), else the eps call."""
 
     def __init__(self, model):
-        self.model, self.seconds = model, 0.0
-        self._unet = getattr(model, "unet", None)
+        super().__init__(model)
+        self.seconds = 0.0
+        self._unet = getattr(model, "unet", None)       # a diffusers UNet: timed by hooks
         self._hooks = []
         if self._unet is not None:
             self._hooks = [
@@ -26,9 +26,6 @@ class TimedDenoiser:
     def close(self):
         for h in self._hooks:
             h.remove()
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
 
     def eps(self, x, sigma, cond=None):
         if self._unet is not None:

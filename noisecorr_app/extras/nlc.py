@@ -1,7 +1,7 @@
 """r_theta: the small network NLC trains on a frozen denoiser's bottleneck features.
 
 It predicts one scalar per image, ``r``, such that the noise actually in x is ``sigma (1 + r)``
-(METHODS.md section 3). Shape follows the official code: residual blocks with stride-2
+(docs/methods.md section 3). Shape follows the official code: residual blocks with stride-2
 downsampling on the mid-block features, then an MLP head. Our one addition: the head also reads
 log sigma, which costs nothing and tells the head the level the features were computed at.
 """

@@ -5,6 +5,7 @@ pickle is ever read.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Callable
@@ -34,3 +35,11 @@ def load_net(folder: Path, build: Callable[[dict], torch.nn.Module], what: str, 
     except Exception as e:
         raise ValueError(f"the {what} weights in {folder} could not be read ({type(e).__name__}); retrain them") from None
     return net.to(device).eval()
+
+
+def file_sha1(path: str | Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

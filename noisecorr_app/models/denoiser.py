@@ -1,14 +1,14 @@
 """Denoisers in sigma space: ``x = x0 + sigma * eps``, and a model answers ``eps(x, sigma)``.
 
 A DDPM/VP network sees ``z = x / sqrt(1 + sigma^2)`` at a timestep t(sigma), interpolated on its own
-``alphas_cumprod`` (METHODS.md section 1). Everything downstream (samplers, corrections, restoration)
+``alphas_cumprod`` (docs/methods.md section 1). Everything downstream (samplers, corrections, restoration)
 only ever calls ``denoiser.eps(x, sigma, cond)`` with ``sigma`` a per-image tensor of shape (B,).
 """
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 
@@ -38,9 +38,115 @@ class Cond:
                     null_label=merge("null_label", zeros), null_noise=merge("null_noise", zeros))
 
 
-class Denoiser(Protocol):
-    """Anything with ``eps(x, sigma, cond) -> eps``; ``sigma`` has shape (B,)."""
-    def eps(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor: ...
+@dataclass
+class DiscreteSchedule:
+    """A model's discrete training schedule (k-diffusion's ``DiscreteSchedule``): the levels sigma_t of
+    t = 0..T-1 and the map between a sigma and a continuous timestep, linear in log sigma."""
+    alphas_cumprod: torch.Tensor
+
+    def __post_init__(self):
+        self.alphas_cumprod = self.alphas_cumprod.double().cpu()
+        # log sigma on the training grid, increasing in t: the table t(sigma) interpolates on
+        self.log_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod).log().float()
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.log_sigmas[0].exp())
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.log_sigmas[-1].exp())
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Continuous timestep for each sigma: linear interpolation in log sigma, clamped to [0, T-1]."""
+        ls = sigma.float().clamp_min(1e-12).log().cpu()
+        grid = self.log_sigmas
+        idx = torch.searchsorted(grid, ls).clamp(1, len(grid) - 1)
+        lo, hi = grid[idx - 1], grid[idx]
+        t = (idx - 1).float() + ((ls - lo) / (hi - lo)).clamp(0, 1)
+        t = torch.where(ls <= grid[0], torch.zeros_like(t), t)
+        # a sigma on the training grid maps to its exact integer timestep (float round-off aside)
+        t = torch.where((t - t.round()).abs() < 1e-3, t.round(), t)
+        return t.to(sigma.device)
+
+    def sigma_of_timestep(self, t) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.long)
+        return sigmas_from_alphas_cumprod(self.alphas_cumprod[t]).float()
+
+
+class Denoiser:
+    """The model contract: all that samplers, corrections and restoration ask of a model.
+
+    ``eps(x, sigma, cond)`` with ``sigma`` of shape (B,), and these fields (class defaults: a plain,
+    unconditional function on the CPU with no training schedule). NLC also calls
+    ``eps_and_features`` / ``features``; only models with a trained r_theta are asked.
+    """
+    sample_shape: tuple[int, ...] | None = None
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    schedule: DiscreteSchedule | None = None    # the discrete training schedule, when there is one
+    num_classes: int | None = None
+    supports_null_label: bool = False           # a "no class" input (classifier-free guidance)
+    supports_null_noise: bool = False           # a "no noise level" input (classifier-free NAG)
+    clip_sample: bool = False                   # samplers clamp x0 to [-1, 1] by default
+    device = torch.device("cpu")
+    name = "model"
+
+    def eps(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+CONTRACT = ("sample_shape", "sigma_min", "sigma_max", "schedule", "num_classes", "supports_null_label",
+            "supports_null_noise", "clip_sample", "device", "name")
+
+
+class Wrapper(Denoiser):
+    """A denoiser around another (counting, guidance): the contract's fields are the inner one's, and
+    every call passes through unless a subclass changes it."""
+
+    def __init__(self, model):
+        self.model = as_denoiser(model)
+
+    def eps(self, x, sigma, cond=None):
+        return self.model.eps(x, sigma, cond)
+
+    def eps_and_features(self, x, sigma, cond=None):
+        return self.model.eps_and_features(x, sigma, cond)
+
+    def features(self, x, sigma, cond=None):
+        return self.model.features(x, sigma, cond)
+
+
+for _name in CONTRACT:     # read-through properties, named one by one by the contract
+    setattr(Wrapper, _name, property(lambda self, n=_name: getattr(self.model, n)))
+
+
+class _Described(Denoiser):
+    """Any object with ``eps`` (an analytic model in a test, a researcher's own class), read against
+    the contract once: the fields it has, the defaults for the others; ``alphas_cumprod`` makes its
+    training schedule."""
+
+    def __init__(self, model):
+        self.model = model
+        for name in CONTRACT:
+            setattr(self, name, getattr(model, name, getattr(Denoiser, name)))
+        if self.schedule is None and getattr(model, "alphas_cumprod", None) is not None:
+            self.schedule = DiscreteSchedule(torch.as_tensor(model.alphas_cumprod))
+
+    def eps(self, x, sigma, cond=None):
+        return self.model.eps(x, sigma, cond)
+
+
+def as_denoiser(model) -> Denoiser:
+    """A Denoiser stays as it is; an object with ``eps`` is read against the contract; a callable
+    eps(x, sigma) is wrapped."""
+    if isinstance(model, Denoiser):
+        return model
+    if hasattr(model, "eps"):
+        return _Described(model)
+    if callable(model):
+        return CallableDenoiser(model)
+    raise TypeError(f"expected a denoiser or a callable eps(x, sigma), got {type(model).__name__}")
 
 
 def as_sigma(sigma, x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +165,7 @@ def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class CallableDenoiser:
+class CallableDenoiser(Denoiser):
     """Wrap a plain function ``f(x, sigma) -> eps`` (an analytic model, a researcher's own net)."""
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     sigma_min: float = 0.002
@@ -73,17 +179,8 @@ class CallableDenoiser:
         return self.fn(x, as_sigma(sigma, x))
 
 
-def as_denoiser(model) -> Denoiser:
-    """A Denoiser stays as it is; any callable eps(x, sigma) is wrapped."""
-    if hasattr(model, "eps"):
-        return model
-    if callable(model):
-        return CallableDenoiser(model)
-    raise TypeError(f"expected a denoiser or a callable eps(x, sigma), got {type(model).__name__}")
-
-
 @dataclass
-class UNetDenoiser:
+class UNetDenoiser(Denoiser):
     """A diffusers ``UNet2DModel`` (DDPM type) as a sigma-space denoiser.
 
     prediction_type: 'epsilon', 'v_prediction' or 'sample', from the scheduler config.
@@ -103,10 +200,8 @@ class UNetDenoiser:
     info: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.alphas_cumprod = self.alphas_cumprod.double().cpu()
-        # log sigma on the training grid, increasing in t: the table t(sigma) interpolates on.
-        self._log_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod).log().float()
-        self._bottleneck = None
+        self.schedule = DiscreteSchedule(self.alphas_cumprod)
+        self.alphas_cumprod = self.schedule.alphas_cumprod
 
     # -- properties the rest of the code asks for -------------------------------------------------
     @property
@@ -119,11 +214,11 @@ class UNetDenoiser:
 
     @property
     def sigma_min(self) -> float:
-        return float(self._log_sigmas[0].exp())
+        return self.schedule.sigma_min
 
     @property
     def sigma_max(self) -> float:
-        return float(self._log_sigmas[-1].exp())
+        return self.schedule.sigma_max
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -139,22 +234,11 @@ class UNetDenoiser:
     def supports_null_label(self) -> bool:
         return self.null_label is not None
 
-    # -- sigma <-> timestep ------------------------------------------------------------------------
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Continuous timestep for each sigma: linear interpolation in log sigma, clamped to [0, T-1]."""
-        ls = sigma.float().clamp_min(1e-12).log().cpu()
-        grid = self._log_sigmas
-        idx = torch.searchsorted(grid, ls).clamp(1, len(grid) - 1)
-        lo, hi = grid[idx - 1], grid[idx]
-        t = (idx - 1).float() + ((ls - lo) / (hi - lo)).clamp(0, 1)
-        t = torch.where(ls <= grid[0], torch.zeros_like(t), t)
-        # a sigma on the training grid maps to its exact integer timestep (float round-off aside)
-        t = torch.where((t - t.round()).abs() < 1e-3, t.round(), t)
-        return t.to(sigma.device)
+        return self.schedule.timestep(sigma)
 
     def sigma_of_timestep(self, t) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=torch.long)
-        return sigmas_from_alphas_cumprod(self.alphas_cumprod[t]).float()
+        return self.schedule.sigma_of_timestep(t)
 
     # -- the network call ------------------------------------------------------------------------------
     def _inputs(self, x, sigma, cond: Cond | None):

@@ -1,11 +1,11 @@
 """Linear measurement operators ``y = A x`` on image batches (B, C, H, W).
 
-The restoration methods (DDNM's range/null-space step, IterProj; METHODS.md section 7) project an
+The restoration methods (DDNM's range/null-space step, IterProj; docs/methods.md section 7) project an
 estimate onto ``{x : A x = y}`` with ``x - A^+ (A x - y)``. That projection is only right if
 ``A``, its adjoint ``At`` and its Moore-Penrose pseudo-inverse ``pinv`` belong to the *same*
 operator, so every operator here gives all three exactly (closed forms, or an SVD whose singular
-values stay paired with their own singular vectors; see notes/restoration_app.md A.8.3 for the
-DDRM/DDNM deblurring bug this avoids). The tests check the adjoint and the Penrose identities.
+values stay paired with their own singular vectors: a value paired with another's vector is the
+known DDRM/DDNM deblurring bug). The tests check the adjoint and the Penrose identities.
 
 Measurement shapes:
 

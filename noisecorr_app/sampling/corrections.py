@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..models.denoiser import Cond, bcast
+from ..settings import PARAMS
 
 
 def rms(t: torch.Tensor) -> torch.Tensor:
@@ -55,8 +56,8 @@ class Correction:
     """The identity: the network's eps at the scheduled level. Subclasses override ``predict``."""
     name = "none"
 
-    def reset(self, sigmas: torch.Tensor | None = None, sampler: str | None = None):
-        """Called before each sampling run with its schedule and sampler name."""
+    def reset(self, sigmas: torch.Tensor | None = None):
+        """Called before each sampling run with its schedule."""
 
     def predict(self, model, x, sigma, sigma_next, cond: Cond | None, step: int) -> Prediction:
         eps = model.eps(x, sigma, cond)
@@ -67,24 +68,16 @@ class EpsScaling(Correction):
     """Epsilon scaling (Ning et al., ICLR 2024): divide the predicted eps by ``lam`` (~1.001-1.02).
 
     Sampled states carry more noise than scheduled, so the network's eps is too large on
-    average; shrinking it is a training-free counter to the exposure bias. ``lam`` may also
-    change linearly from the first step to the last (``lam_end``), as the paper's k*t+b schedule.
+    average; shrinking it is a training-free counter to the exposure bias.
     """
     name = "es"
 
-    def __init__(self, lam: float = 1.005, lam_end: float | None = None, total_steps: int | None = None):
-        if not (0.5 < lam < 2.0) or (lam_end is not None and not 0.5 < lam_end < 2.0):
-            raise ValueError(f"epsilon-scaling factor must lie in (0.5, 2), got {lam}")
-        self.lam, self.lam_end, self.total = lam, lam_end, total_steps
-
-    def factor(self, step: int) -> float:
-        if self.lam_end is None or not self.total or self.total < 2:
-            return self.lam
-        return self.lam + (self.lam_end - self.lam) * step / (self.total - 1)
+    def __init__(self, lam: float = 1.005):
+        self.lam = PARAMS["es_lambda"].check(lam)
 
     def predict(self, model, x, sigma, sigma_next, cond, step):
         eps = model.eps(x, sigma, cond)
-        return Prediction(x, eps / self.factor(step), sigma, sigma_next, rms(eps))
+        return Prediction(x, eps / self.lam, sigma, sigma_next, rms(eps))
 
 
 class TimeShift(Correction):
@@ -99,22 +92,21 @@ class TimeShift(Correction):
     name = "ts"
 
     def __init__(self, window: int = 20, cutoff: int = 300):
-        if window < 0 or not 0 <= cutoff < 1000:
-            raise ValueError("time-shift needs window >= 0 and a cutoff timestep in [0, 1000)")
-        self.window, self.cutoff = window, cutoff
+        self.window, self.cutoff = PARAMS["ts_window"].check(window), PARAMS["ts_cutoff"].check(cutoff)
 
     def predict(self, model, x, sigma, sigma_next, cond, step):
-        if not hasattr(model, "timestep") or not hasattr(model, "alphas_cumprod"):
+        schedule = model.schedule
+        if schedule is None:
             raise ValueError("the time-shift sampler needs a model with a discrete training schedule")
-        t = model.timestep(sigma).round().long().cpu()
+        t = schedule.timestep(sigma).round().long().cpu()
         if int(t.max()) > self.cutoff and self.window:
-            abar = model.alphas_cumprod.float()
+            abar = schedule.alphas_cumprod.float()
             offsets = torch.arange(-(self.window // 2), self.window // 2 + 1)
             cand = (t.view(-1, 1) + offsets.view(1, -1)).clamp(0, len(abar) - 1)          # (B, W)
             var_z = (x.flatten(1).float().var(1).cpu() / (1 + sigma.float().cpu() ** 2)).view(-1, 1)
             best = cand.gather(1, ((var_z - (1 - abar[cand])) ** 2).argmin(1, keepdim=True)).view(-1)
             best = torch.where(t > self.cutoff, best, t)
-            sigma_ts = model.sigma_of_timestep(best).to(x.device)
+            sigma_ts = schedule.sigma_of_timestep(best).to(x.device)
             x = x * bcast(((1 + sigma_ts ** 2) / (1 + sigma ** 2)).sqrt(), x)
             sigma = sigma_ts
         eps = model.eps(x, sigma, cond)
@@ -126,7 +118,7 @@ class LevelCorrection(Correction):
 
     ``sigma_hat = sigma (1 + r)`` and ``sigma_hat_next = sigma_next (1 + r)`` (the official 'pred'
     style, which keeps the step's ratio sigma_next/sigma), the denoiser is re-evaluated at
-    sigma_hat, and its direction is normalised to norm sqrt(n) (METHODS.md section 3).
+    sigma_hat, and its direction is normalised to norm sqrt(n) (docs/methods.md section 3).
     Subclasses give ``ratio``: a network (NLC), a table (NLC-LUT), the eps norm (self-estimate),
     or an oracle in tests. Above ``max_sigma`` (t > 960 for the official code) it is switched off;
     with ``final_only`` it acts on the last step only, the one that makes the image (into sigma 0).
@@ -191,7 +183,7 @@ class SelfEstimate(LevelCorrection):
         super().__init__(reevaluate=reevaluate, **kw)
         self._level = None        # (1 + r) per image, measured by the previous call
 
-    def reset(self, sigmas=None, sampler=None):
+    def reset(self, sigmas=None):
         self._level = None
 
     def ratio(self, model, x, sigma, cond, step):
@@ -236,22 +228,22 @@ class NLCTable(LevelCorrection):
     """NLC without a network at sampling time: the mean r NLC applied on its own runs, looked up.
 
     ``table`` (extras/nlc_table.py) holds, per sampler, the mean r over a log-sigma grid for a few
-    step counts; a run interpolates between step counts in log steps, then in log sigma. The
-    denoiser is evaluated once, at the corrected level, so a step costs what a plain step does.
+    step counts; a run reads the row of its ``sampler``, interpolating between step counts in log
+    steps, then in log sigma. The denoiser is evaluated once, at the corrected level, so a step
+    costs what a plain step does.
 
-    The direction is not normalised (``normalize=False`` by default, unlike NLC): the network's eps
-    has RMS below 1 in the last steps, so scaling it up to 1 removes more noise than there is at
-    every step, and a table, blind to the state, cannot see the deficit and undo it as NLC's r does.
-    Embedded model, DDIM, 200 images: FID-C10 384 with normalisation, 235 without, at 10 steps.
+    The direction is not normalised (unlike NLC's): the network's eps has RMS below 1 in the last
+    steps, so scaling it up to 1 removes more noise than there is at every step, and a table, blind
+    to the state, cannot see the deficit and undo it as NLC's r does (measured: docs/noise-shift.md).
     """
     name = "nlc-lut"
 
-    def __init__(self, table, normalize: bool = False, **kw):
+    def __init__(self, table, sampler: str = "ddim", normalize: bool = False, **kw):
         super().__init__(reevaluate=True, normalize=normalize, **kw)
-        self.table, self._row = table, None
+        self.table, self.sampler, self._row = table, sampler, None
 
-    def reset(self, sigmas=None, sampler=None):
-        self._row = self.table.row(sampler or "ddim", max(1, len(sigmas) - 1) if sigmas is not None else 20)
+    def reset(self, sigmas=None):
+        self._row = self.table.row(self.sampler, max(1, len(sigmas) - 1) if sigmas is not None else 20)
 
     def ratio(self, model, x, sigma, cond, step):
         if self._row is None:
@@ -284,4 +276,3 @@ class NLC(LevelCorrection):
         return self.net(feats.to(device), sigma.to(device)).to(x.device)
 
 
-CORRECTIONS = {"none": Correction, "es": EpsScaling, "ts": TimeShift, "self": SelfEstimate}

@@ -2,7 +2,7 @@
 
 ``Guided`` wraps a denoiser and is itself a denoiser, so it composes with every correction and
 sampler. With the class-conditional eps_c, the class-unconditional eps_u and the
-noise-unconditional eps_n (METHODS.md section 4):
+noise-unconditional eps_n (docs/methods.md section 4):
 
     eps = eps_c + (w_cfg - 1) (eps_c - eps_u) + w_nag (eps_c - eps_n)
 
@@ -10,31 +10,20 @@ w_cfg = 1 and w_nag = 0 is the plain model and costs one evaluation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from ..models.denoiser import Cond
+from ..models.denoiser import Cond, Wrapper
+from ..settings import PARAMS
 
 
-@dataclass
-class Guided:
-    model: object
-    cfg_scale: float = 1.0
-    nag_scale: float = 0.0
-
-    def __post_init__(self):
-        for name in ("cfg_scale", "nag_scale"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and abs(v) < 100 and v == v):
-                raise ValueError(f"{name} must be a finite number below 100, got {v}")
-        if self.nag_scale and not getattr(self.model, "supports_null_noise", False):
+class Guided(Wrapper):
+    def __init__(self, model, cfg_scale: float = 1.0, nag_scale: float = 0.0):
+        super().__init__(model)
+        self.cfg_scale, self.nag_scale = PARAMS["cfg_scale"].check(cfg_scale), PARAMS["nag_scale"].check(nag_scale)
+        if self.nag_scale and not self.model.supports_null_noise:
             raise ValueError("classifier-free NAG needs a model trained with noise-condition dropout")
-        if self.cfg_scale != 1 and not getattr(self.model, "supports_null_label", False):
+        if self.cfg_scale != 1 and not self.model.supports_null_label:
             raise ValueError("classifier-free guidance needs a class-conditional model with a null class")
-
-    def __getattr__(self, name):          # sigma range, sample shape, ... come from the wrapped model
-        return getattr(self.model, name)
 
     def _branches(self, cond: Cond | None, b: int) -> list[Cond]:
         cond = cond or Cond()
@@ -71,25 +60,17 @@ class Guided:
         return eps
 
 
-@dataclass
-class EstimatorGuided:
+class EstimatorGuided(Wrapper):
     """Classifier-based NAG: push the state towards where the scheduled level is the likely one.
 
-    ``eps_guided = eps - w * sigma * grad_x log g_phi(sigma | x)`` (METHODS.md section 4), with
+    ``eps_guided = eps - w * sigma * grad_x log g_phi(sigma | x)`` (docs/methods.md section 4), with
     g_phi the noise-level estimator's Gaussian over log sigma. It works for any model that has an
     estimator trained on its data; the extra cost is one estimator forward and backward per step.
     """
-    model: object
-    estimator: torch.nn.Module
-    weight: float = 1.0
 
-    def __post_init__(self):
-        w = self.weight
-        if isinstance(w, bool) or not (isinstance(w, (int, float)) and abs(w) < 100 and w == w):
-            raise ValueError(f"nag_est_scale must be a finite number below 100, got {w}")
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
+    def __init__(self, model, estimator: torch.nn.Module, weight: float = 1.0):
+        super().__init__(model)
+        self.estimator, self.weight = estimator, PARAMS["nag_est_scale"].check(weight)
 
     def _guidance(self, x, sigma):
         dev = next(self.estimator.parameters()).device

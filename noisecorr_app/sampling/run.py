@@ -9,28 +9,27 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..models.denoiser import Cond, as_denoiser
+from ..models.denoiser import Cond, Wrapper, as_denoiser
 from .corrections import Correction, clip_x0 as clipped
 from .guidance import EstimatorGuided, Guided
 from .noise import SeededNoise
 from .samplers import SAMPLERS, StepRecord
 from .schedules import make_schedule
+from ..settings import STEPS
 from .trace import level_bands, light, merge_records, noise_figures, noise_shift, step_summary
 
-MAX_STEPS = 1000
+MAX_STEPS = STEPS.hi
 
 
-class CountingDenoiser:
+class CountingDenoiser(Wrapper):
     """Counts the images that pass through the network: NFE per image = count / batch size.
     An encoder-only pass (bottleneck features for NLC) counts as half an evaluation."""
 
     ENCODER_ONLY = 0.5
 
     def __init__(self, model):
-        self.model, self.count = model, 0.0
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
+        super().__init__(model)
+        self.count = 0.0
 
     def eps(self, x, sigma, cond=None):
         self.count += x.shape[0]
@@ -90,8 +89,7 @@ def merge_results(results: list[SampleResult]) -> SampleResult:
 def check_settings(sampler: str, steps: int, n: int):
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
-    if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {steps}")
+    STEPS.check(steps)
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"the number of images must be at least 1, got {n}")
 
@@ -134,27 +132,24 @@ def sample_steps(model, *, sampler: str = "ddim", steps: int = 20, n: int = 1, s
     correction = correction or Correction()
     if sigmas is None:
         sigmas = make_schedule(schedule, base).sigmas(steps)
-    correction.reset(sigmas=sigmas, sampler=sampler)
+    correction.reset(sigmas)
     seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
     noise = SeededNoise(seeds)
-    device = getattr(base, "device", torch.device("cpu"))
     if x is None:
-        shape = getattr(base, "sample_shape", None)
-        if shape is None:
+        if base.sample_shape is None:
             raise ValueError("this model does not say its sample shape: pass the starting x")
-        x = float(sigmas[0]) * noise(torch.empty(len(seeds), *shape, device=device))
+        x = float(sigmas[0]) * noise(torch.empty(len(seeds), *base.sample_shape, device=base.device))
     cond = None
     if labels is not None:
         lab = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         lab = lab.expand(x.shape[0]).clone() if lab.numel() == 1 else lab
-        num_classes = getattr(base, "num_classes", None)
-        if num_classes is None:
+        if base.num_classes is None:
             raise ValueError("this model is unconditional: it takes no class label")
-        if lab.min() < 0 or lab.max() >= num_classes:
-            raise ValueError(f"class labels must lie in 0..{num_classes - 1}")
+        if lab.min() < 0 or lab.max() >= base.num_classes:
+            raise ValueError(f"class labels must lie in 0..{base.num_classes - 1}")
         cond = Cond(labels=lab)
 
-    clip = bool(getattr(base, "clip_sample", False)) if clip_x0 is None else bool(clip_x0)
+    clip = bool(base.clip_sample) if clip_x0 is None else bool(clip_x0)
 
     def predict(x_, s, sn, i):
         p = correction.predict(net, x_, s, sn, cond, i)
@@ -182,7 +177,7 @@ def sample(model, *, progress: Callable[[StepRecord], None] | None = None, **kw)
     corr = kw.get("correction")
     settings["correction"] = corr.name if corr else "none"
     if kw.get("clip_x0") is None:
-        settings["clip_x0"] = bool(getattr(as_denoiser(model), "clip_sample", False))
+        settings["clip_x0"] = bool(as_denoiser(model).clip_sample)
     images = last.x_next.clamp(-1, 1)
     seconds = time.perf_counter() - t0           # reading the final images is a measurement: not timed
     estimator = kw.get("estimator")

@@ -8,7 +8,7 @@ correction never needs sampler-specific code. ``noise(x)`` draws fresh standard-
 shaped like x (per-image seeded: see ``noise.py``). Each step yields a record with the state
 before and after it, so callers can stream previews, plot the noise shift, or stop early.
 
-The update formulas are METHODS.md section 2, written with the prediction's (possibly corrected)
+The update formulas are docs/methods.md section 2, written with the prediction's (possibly corrected)
 ``sigma`` and ``sigma_next``, stepping from the prediction's state ``p.x`` (a correction may relabel
 the state, as the time-shift sampler does): with the identity correction they are the textbook
 samplers.
@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..models.denoiser import bcast
+from ..settings import PARAMS
 from .corrections import Prediction
 
 
@@ -62,8 +63,7 @@ def ddim(x, sigmas, predict: Predict, noise: Noise, eta: float = 0.0, eta_style:
     """
     if eta_style not in ("ddim", "ddnm"):
         raise ValueError("eta_style must be 'ddim' or 'ddnm'")
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
-        raise ValueError(f"DDIM's eta must be a number from 0 to 1, got {eta!r}")
+    eta = PARAMS["eta"].check(eta)
     for i in range(len(sigmas) - 1):
         p = predict(x, *_levels(sigmas, i, x), i)
         s, sn = bcast(p.sigma, x), bcast(p.sigma_next, x)

@@ -18,7 +18,8 @@ def _with_zero(s: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ModelSpacing:
-    """The model's own discrete timesteps, spaced as diffusers does ('trailing', 'leading', 'linspace')."""
+    """The model's own discrete timesteps, spaced as diffusers does: 'trailing' (generation) or 'leading'
+    (DDNM's restoration grid)."""
     alphas_cumprod: torch.Tensor
     spacing: str = "trailing"
 
@@ -28,10 +29,8 @@ class ModelSpacing:
             t = torch.round(torch.arange(T, 0, -T / steps)).long() - 1
         elif self.spacing == "leading":
             t = torch.arange(0, steps).mul(T // steps).flip(0)
-        elif self.spacing == "linspace":
-            t = torch.linspace(0, T - 1, steps).round().long().flip(0)
         else:
-            raise ValueError(f"unknown spacing '{self.spacing}' (trailing, leading, linspace)")
+            raise ValueError(f"unknown spacing '{self.spacing}' (trailing, leading)")
         return t.clamp(0, T - 1)
 
     def sigmas(self, steps: int) -> torch.Tensor:
@@ -68,9 +67,9 @@ def make_schedule(name: str, denoiser, sigma_max: float | None = None, sigma_min
     """A schedule for a denoiser; sigma_max/min default to the model's range (Karras: capped at 80)."""
     lo = sigma_min or denoiser.sigma_min
     if name == "model":
-        if not hasattr(denoiser, "alphas_cumprod"):
+        if denoiser.schedule is None:
             raise ValueError("the 'model' schedule needs a model with a training schedule (alphas_cumprod)")
-        return ModelSpacing(denoiser.alphas_cumprod)
+        return ModelSpacing(denoiser.schedule.alphas_cumprod)
     if name == "loglinear":
         return LogLinear(lo, sigma_max or denoiser.sigma_max)
     if name == "karras":

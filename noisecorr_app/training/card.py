@@ -64,7 +64,7 @@ def _recommended(info: dict) -> str:
     own = info.get("method_defaults") or {}
     if not own:
         return "none: the CLI and app use the papers' values"
-    from ..methods import TUNABLE
+    from ..settings import PARAMS
 
     notes = [v for k, v in own.items() if k.endswith("note") and v]
 
@@ -72,7 +72,7 @@ def _recommended(info: dict) -> str:
         return ", ".join(f"{w:g} at {k} steps" for k, w in v.items()) + " (the nearest count applies)" \
             if isinstance(v, dict) else f"{v:g}"
 
-    return "; ".join(f"`{k}` {shown(v)}" for k, v in own.items() if k in TUNABLE) + \
+    return "; ".join(f"`{k}` {shown(v)}" for k, v in own.items() if k in PARAMS and PARAMS[k].tunable) + \
         " in `noisecorr.json`: the CLI's and the app's defaults for this model (`cfg_scale`: the app's, when a " \
         "class is picked)" + (f"; why: {' / '.join(notes)}" if notes else "")
 

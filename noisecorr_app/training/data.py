@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..extras.storage import file_sha1
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DEFAULT_CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10" / "CIFAR-10-images-jpeg.tar.gz"
 
@@ -67,14 +69,6 @@ def _iter_files(path: Path, split: str | None):
                     yield parts, tar.extractfile(m).read()
     else:
         raise FileNotFoundError(f"{path} is neither an image folder nor a tarball")
-
-
-def file_sha1(path: str | Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _hashed: dict = {}

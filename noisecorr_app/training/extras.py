@@ -29,7 +29,7 @@ def _batches(data, split, image_size, batch_size, seed):
 
 def nlc_loss(denoiser, eta_range: float = 0.5, max_t: int = 990, p_null_class: float = 0.1):
     """Official recipe: x_t = x0 + sigma_t (1 + eta) eps with the network told sigma_t;
-    target ||(1 + eta) eps|| / sqrt(n) - 1 (METHODS.md section 3)."""
+    target ||(1 + eta) eps|| / sqrt(n) - 1 (docs/methods.md section 3)."""
     def loss(net, batch):
         x0, labels = (t.to(denoiser.device) for t in batch)
         b = x0.shape[0]

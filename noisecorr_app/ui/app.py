@@ -9,7 +9,7 @@ import gradio as gr
 
 from ..models.loading import ModelLoadError
 from . import inputs as checked, tab_generate, tab_restore
-from .restore import TABS
+from ..restoration.tasks import TABS
 from .state import ANY_CLASS, DEFAULT_KEY, OTHER_KEY, ModelStore, class_choices, correction_choices, \
     default_correction, describe, picker_choices, resolve_choice, restoration_plan
 from .wiring import hub_message
@@ -56,8 +56,8 @@ def build_demo(model_source=None, device=None) -> gr.Blocks:
             with gr.Tab("Generate", id="generate"):
                 gen = tab_generate.build(store, model_key, model, concurrency)
             plans = []
-            for tab, (_, title, _) in TABS.items():
-                with gr.Tab(title, id=tab):
+            for tab, task in TABS.items():
+                with gr.Tab(task.title, id=tab):
                     plans.append(tab_restore.build(store, model_key, model, concurrency, tab)["plan"])
 
         def pick(choice_value, repo_id, key):

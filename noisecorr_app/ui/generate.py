@@ -5,20 +5,39 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..images import grid, to_pil
-from ..methods import DEFAULTS, METHODS, defaults_for, load_estimator_for, recommended_values, setup
+from ..methods import METHODS, declared, defaults_for, load_estimator_for, method_params, recommended_values, setup, spec
 from ..sampling.run import sample
 from ..sampling.samplers import SAMPLERS
-from .common import PREVIEW_SIDE, as_float, as_int, scale_for, side_by_side, write_bundle
+from ..settings import PARAMS, STEPS
+from .common import PREVIEW_SIDE, as_int, scale_for, side_by_side, write_bundle
 from .state import ANY_CLASS, class_index
 
 MAX_STEPS = 200
 MAX_IMAGES = 16
-NAG_METHODS = ("nag", "nag-est", "nag+nlc-est")
 
 
-def nag_key(method: str) -> str:
-    """The setting the NAG weight slider edits for a method."""
-    return "nag_est_scale" if method == "nag-est" else "nag_scale"
+def controls() -> dict:
+    """The tab's setting controls, made from the declarations: one per ``Param.control`` among the
+    settings the registered methods read (and the CFG scale), in declaration order; the first
+    setting of a control gives its label and range (methods may share one, as both NAG weights do)."""
+    out = {}
+    for key in method_params():
+        p = PARAMS[key]
+        if p.control and p.control not in out:
+            out[p.control] = p
+    return out
+
+
+def param_for(method: str, control: str) -> str | None:
+    """The setting of ``method`` that ``control`` edits, or None (the CFG scale belongs to every run)."""
+    if control == "cfg_scale":
+        return "cfg_scale"
+    return next((k for k in spec(method).params if PARAMS[k].control == control), None)
+
+
+def method_controls(method: str) -> list[str]:
+    """The method-specific controls shown for ``method``."""
+    return [c for c in controls() if c != "cfg_scale" and param_for(method, c)]
 
 
 @dataclass
@@ -30,30 +49,38 @@ class GenerateRequest:
     label: int | None
     class_name: str
     method: str
-    nag_weight: float
+    params: dict                 # the method's settings, resolved (given or the model's recommendation)
     cfg_scale: float
-    es_lambda: float
     notes: list
 
 
+def default_value(method: str, control: str, model=None, steps: int | None = None) -> float:
+    """A control's starting value for ``method``: the model's recommendation for ``steps`` steps when it has
+    one, else the declared default."""
+    key = param_for(method, control) or controls()[control].key
+    return (declared() if model is None else defaults_for(model, steps))[key]
+
+
 def default_nag_weight(method: str, model=None, steps: int | None = None) -> float:
-    """The weight the slider starts at: the model's recommendation for ``steps`` steps when it has one,
-    else the paper's."""
-    return (DEFAULTS if model is None else defaults_for(model, steps))[nag_key(method)]
+    return default_value(method, "nag_weight", model, steps)
 
 
-def followed_nag_weight(model, method: str, steps, current) -> float | None:
-    """The NAG weight slider's new value when the steps change, or None to leave it. The best weight
-    depends on the steps (a model may recommend one per step count): a slider still at one of the
-    model's recommendations follows the steps; a weight the user chose stays."""
-    if method not in NAG_METHODS:
+def followed_value(model, method: str, control: str, steps, current) -> float | None:
+    """A control's new value when the steps change, or None to leave it. The best weight depends on the
+    steps (a model may recommend one per step count): a control still at one of the model's
+    recommendations follows the steps; a value the user chose stays."""
+    key = param_for(method, control)
+    if key is None or control == "cfg_scale":
         return None
-    key = nag_key(method)
     try:
         untouched = float(current) in recommended_values(model, key)
     except (TypeError, ValueError):          # an empty or garbled box: show the recommendation
         untouched = True
     return defaults_for(model, steps)[key] if untouched else None
+
+
+def followed_nag_weight(model, method: str, steps, current) -> float | None:
+    return followed_value(model, method, "nag_weight", steps, current)
 
 
 def followed_cfg_scale(model, class_name, current) -> float | None:
@@ -63,7 +90,7 @@ def followed_cfg_scale(model, class_name, current) -> float | None:
     chose stays."""
     try:
         label = class_index(model, class_name)
-        target = float(defaults_for(model)["cfg_scale"]) if getattr(model, "supports_null_label", False) else 1.0
+        target = float(defaults_for(model)["cfg_scale"]) if model.supports_null_label else 1.0
         shown = float(current)
     except (TypeError, ValueError):
         return None
@@ -74,29 +101,41 @@ def followed_cfg_scale(model, class_name, current) -> float | None:
     return None
 
 
-def parse_generate(model, class_name, sampler, steps, seed, n_images, correction, nag_weight=None,
-                   cfg_scale=1.0, es_lambda=None) -> GenerateRequest:
-    """Validate the tab's inputs (ValueError with a message for the user)."""
+def parse_generate(model, class_name, sampler, steps, seed, n_images, correction, *values) -> GenerateRequest:
+    """Validate the tab's inputs (ValueError with a message for the user); ``values`` are the controls'
+    (``controls()`` order), None for one not given (the model's recommendation)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
     if correction not in METHODS or correction == "none":
         raise ValueError(f"unknown correction '{correction}' (choose from "
                          f"{', '.join(m for m in METHODS if m != 'none')})")
-    steps = as_int(steps, "steps", 1, MAX_STEPS)
+    steps = STEPS.narrowed(MAX_STEPS).check(_number(steps, STEPS.label))
     seed = as_int(seed, "seed", 0, 2 ** 31 - 1)
     n = as_int(n_images, "number of images", 1, MAX_IMAGES)
     label = class_index(model, class_name)
-    w = default_nag_weight(correction, model, steps) if nag_weight is None else as_float(nag_weight, "NAG weight", 0, 50)
-    cfg = as_float(1.0 if cfg_scale is None else cfg_scale, "CFG scale", 0, 20)
-    lam = defaults_for(model, steps)["es_lambda"] if es_lambda is None else as_float(es_lambda, "epsilon-scaling factor", 0.9, 1.1)
+    given = dict(zip(controls(), values))
+    resolved = defaults_for(model, steps)
+    params = {}
+    for key in spec(correction).params:
+        v = given.get(PARAMS[key].control)
+        params[key] = resolved[key] if v is None else PARAMS[key].check(_number(v, PARAMS[key].label))
+    cfg_given = given.get("cfg_scale")
+    cfg = PARAMS["cfg_scale"].check(1.0 if cfg_given is None else _number(cfg_given, "CFG scale"))
     notes = []
     if cfg != 1 and label is None:
         notes.append("CFG needs a class: with 'any class' it is off (scale 1).")
         cfg = 1.0
-    if cfg != 1 and not getattr(model, "supports_null_label", False):
+    if cfg != 1 and not model.supports_null_label:
         raise ValueError("classifier-free guidance needs a class-conditional model with a null class; set CFG to 1")
     return GenerateRequest(sampler, steps, seed, n, label, ANY_CLASS if label is None else str(class_name),
-                           correction, w, cfg, lam, notes)
+                           correction, params, cfg, notes)
+
+
+def _number(value, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
 
 
 def run_kwargs(model, req: GenerateRequest) -> tuple[dict, dict]:
@@ -106,7 +145,7 @@ def run_kwargs(model, req: GenerateRequest) -> tuple[dict, dict]:
     common = dict(sampler=req.sampler, steps=req.steps, n=req.n, seed=req.seed,
                   labels=None if req.label is None else [req.label] * req.n, cfg_scale=req.cfg_scale)
     estimator = load_estimator_for(model)
-    ms = setup(req.method, model, steps=req.steps, nag_scale=req.nag_weight, nag_est_scale=req.nag_weight, es_lambda=req.es_lambda)
+    ms = setup(req.method, model, steps=req.steps, sampler=req.sampler, **req.params)
     base = {**common, "estimator": estimator}
     corrected = {**common, "correction": ms.correction, **ms.options}
     corrected.setdefault("estimator", estimator)
@@ -114,8 +153,7 @@ def run_kwargs(model, req: GenerateRequest) -> tuple[dict, dict]:
 
 
 def needs_exclusive(method: str) -> bool:
-    """NLC reads bottleneck features through a forward hook on the shared network."""
-    return method == "nlc"
+    return METHODS[method].exclusive
 
 
 def run_generate(model, req: GenerateRequest, on_event=None) -> dict:
@@ -125,7 +163,7 @@ def run_generate(model, req: GenerateRequest, on_event=None) -> dict:
     for run, kw in (("baseline", base_kw), ("corrected", corr_kw)):
         cb = (lambda rec, run=run: on_event((run, rec))) if on_event else None
         jobs[run] = lambda kw=kw, cb=cb: sample(model, progress=cb, **kw)
-    return side_by_side(jobs, getattr(model, "device", "cpu"))
+    return side_by_side(jobs, model.device)
 
 
 def preview(model, x0) -> "object":
@@ -160,7 +198,7 @@ def outcome(b, c, method: str) -> str:
         verdict = "about as much leftover noise as the baseline"
     else:
         verdict = f"{abs(change):.0%} {'less' if change < 0 else 'more'} leftover noise than the baseline"
-    text = (f"**With {METHODS[method]}, the images carry {verdict}** (median {fc['leftover_median']:.3f} "
+    text = (f"**With {METHODS[method].title}, the images carry {verdict}** (median {fc['leftover_median']:.3f} "
             f"against {fb['leftover_median']:.3f}{real}).")
     if "share_above_real_p90" in fb:
         n = len(b.leftover)
@@ -187,8 +225,8 @@ def metrics_markdown(req: GenerateRequest, runs: dict) -> str:
              f"| seconds | {b.seconds:.1f} s | {c.seconds:.1f} s |"]
     desc = (f"{req.n} image(s), class **{req.class_name}**, sampler **{req.sampler}**, {req.steps} steps, "
             f"seed {req.seed}" + (f", CFG {req.cfg_scale:g}" if req.cfg_scale != 1 else "")
-            + (f", NAG weight {req.nag_weight:g}" if req.method in NAG_METHODS else "")
-            + (f", λ = {req.es_lambda:g}" if req.method == "es" else "") + ". Same seeds for both runs.")
+            + "".join(f", {PARAMS[k].label} {v:g}" for k, v in req.params.items() if PARAMS[k].control)
+            + ". Same seeds for both runs.")
     if b.settings.get("clip_x0"):
         desc += " Both runs clamp each step's x0 estimate to [-1, 1], as the model's scheduler config asks (clip_sample)."
     if b.leftover is None:

@@ -10,26 +10,17 @@ import torch
 
 from ..evaluation.metrics import psnr, ssim
 from ..images import prepare_image, to_pil
-from ..methods import RESTORATION_PARAMS, load_estimator_for, setup
+from ..methods import load_estimator_for, restoration_correction
 from ..restoration.methods import degrade, restore
 from ..restoration.operators import Inpainting, make_operator, mask_from_image
-from .common import RESTORE_SIDE, as_float, as_int, scale_for, side_by_side, write_bundle
+from ..restoration.tasks import RESTORATION_METHODS, SIGMA_Y, TABS
+from ..settings import STEPS, Choice
+from .common import RESTORE_SIDE, as_int, scale_for, side_by_side, write_bundle
 from .plots import consistency_frame, eps_frame, sigma_frame
 from .state import restoration_plan
 
 MAX_STEPS = 200
-MASK_KINDS = ("box", "random", "half", "drawn")
 EDITOR_SIDE = 256
-
-# tab name -> (library task, title, one line for the user)
-TABS = {
-    "super_resolution": ("sr", "Super-resolution", "Recover the image from its block averages (x2 or x4)."),
-    "inpainting": ("inpaint", "Inpainting", "Fill in the hidden pixels: draw them with the brush or pick a preset mask."),
-    "deblur": ("deblur", "Deblur", "Undo a Gaussian blur."),
-    "colorize": ("colorize", "Colorize", "Recover the colours from the grey image."),
-    "compressive_sensing": ("cs", "Compressive sensing",
-                            "Recover the image from a random subset of its Walsh-Hadamard coefficients."),
-}
 
 
 @dataclass
@@ -88,48 +79,54 @@ def drawn_mask(editor, size: int) -> torch.Tensor:
     return keep
 
 
-def parse_restore(model, tab: str, image, sigma_y, steps, seed, *, factor=None, blur_sigma=None, cs_ratio=None,
-                  mask=None, drawing=None):
-    """Validate and build: (request, reference x, operator). ValueError with a message for the user."""
+def _setting(param, value):
+    """A task setting from the tab (None: its declared default), checked against its declaration."""
+    if value is None:
+        return param.default
+    if isinstance(param, Choice):
+        return param.check(value)
+    try:
+        return param.check(float(value))
+    except (TypeError, ValueError) as e:
+        raise ValueError(str(e) if "must be" in str(e) else f"{param.label} must be a number, got {value!r}") from None
+
+
+def parse_restore(model, tab: str, image, sigma_y, steps, seed, *, drawing=None, **values):
+    """Validate and build: (request, reference x, operator). ``values``: the task's own settings by key
+    (``restoration.tasks``). ValueError with a message for the user."""
     if tab not in TABS:
         raise ValueError(f"unknown restoration tab '{tab}'")
-    task = TABS[tab][0]
+    task = TABS[tab]
     size = model_size(model)
-    sigma_y = as_float(0.0 if sigma_y is None else sigma_y, "measurement noise sigma_y", 0.0, 0.2)
-    steps = as_int(steps, "steps", 1, MAX_STEPS)
+    sigma_y = _setting(SIGMA_Y, sigma_y)
+    steps = _setting(STEPS.narrowed(MAX_STEPS), steps)
     seed = as_int(seed, "seed", 0, 2 ** 31 - 1)
-    settings, op_kw = {}, {}
-    if task == "sr":
-        f = as_int(4 if factor is None else factor, "super-resolution factor", 2, 16)
-        if size % f:
-            raise ValueError(f"super-resolution x{f} needs an image side divisible by {f}; the model makes {size}x{size}")
-        settings = op_kw = {"factor": f}
-    elif task == "deblur":
-        settings = op_kw = {"sigma": as_float(2.0 if blur_sigma is None else blur_sigma, "blur sigma", 0.1, 20)}
-    elif task == "cs":
-        settings = op_kw = {"ratio": as_float(0.25 if cs_ratio is None else cs_ratio, "measurement ratio", 0.01, 1)}
-    elif task == "inpaint":
-        kind = mask or "box"
-        if kind not in MASK_KINDS:
-            raise ValueError(f"unknown mask '{kind}' (choose from {', '.join(MASK_KINDS)})")
-        settings = {"mask": kind}
-        op_kw = {"mask": drawn_mask(drawing, size)} if kind == "drawn" else {"mask": kind, "seed": seed}
+    settings = task.operator_settings({p.key: _setting(p, values.get(p.key)) for p in task.params})
+    op_kw = dict(settings)
+    if task.name == "sr" and size % settings["factor"]:
+        raise ValueError(f"super-resolution x{settings['factor']} needs an image side divisible by "
+                         f"{settings['factor']}; the model makes {size}x{size}")
+    if task.name == "inpaint":
+        op_kw = {"mask": drawn_mask(drawing, size)} if settings["mask"] == "drawn" else {**settings, "seed": seed}
     x, note = load_reference(image, size)
-    op = make_operator(task, size, model.sample_shape[0], **op_kw)
+    op = make_operator(task.name, size, model.sample_shape[0], **op_kw)
     if isinstance(op, Inpainting):
         settings["kept_fraction"] = round(op.kept_fraction, 4)
-    return RestoreRequest(tab, task, settings, sigma_y, steps, seed, note), x, op
+    return RestoreRequest(tab, task.name, settings, sigma_y, steps, seed, note), x, op
 
 
 def corrected_setup(model):
-    """(method, inner correction or None) for the corrected run."""
+    """(method, inner correction) for the corrected run."""
     method, _ = restoration_plan(model)
-    return method, (setup("nlc", model, **RESTORATION_PARAMS).correction if method == "iterproj-nlc" else None)
+    return method, restoration_correction(method, model)
 
 
 def needs_exclusive_restore(model) -> bool:
     """IterProj-NLC reads bottleneck features through a forward hook on the shared network."""
-    return restoration_plan(model)[0] == "iterproj-nlc"
+    from ..methods import METHODS
+
+    inner = RESTORATION_METHODS[restoration_plan(model)[0]].inner
+    return inner is not None and METHODS[inner].exclusive
 
 
 def run_restore(model, req: RestoreRequest, x, op, on_event=None) -> dict:
@@ -149,7 +146,7 @@ def run_restore(model, req: RestoreRequest, x, op, on_event=None) -> dict:
                 on_event((run, rec))
         jobs[run] = lambda m=m, corr=corr, cb=cb: restore(model, op, y, method=m, steps=req.steps, seed=req.seed,
                                                           sigma_y=req.sigma_y, correction=corr, progress=cb)
-    out = {"y": y, **side_by_side(jobs, getattr(model, "device", "cpu"))}
+    out = {"y": y, **side_by_side(jobs, model.device)}
     out["methods"] = {"baseline": "ddnm", "corrected": method}
     return out
 
@@ -179,9 +176,6 @@ def _fmt(v, spec):
     return "n/a" if v is None else format(v, spec)
 
 
-NAMES = {"ddnm": "DDNM", "iterproj": "IterProj", "iterproj-nlc": "IterProj-NLC"}
-
-
 def metrics(req: RestoreRequest, x, op, res: dict) -> dict:
     view = op.view(res["y"]).clamp(-1, 1)
     m = {"degraded input (shown)": _quality(view, x)}
@@ -195,7 +189,8 @@ def metrics(req: RestoreRequest, x, op, res: dict) -> dict:
 def metrics_markdown(req: RestoreRequest, m: dict) -> str:
     b, c = m["baseline"], m["corrected"]
     d = m["degraded input (shown)"]
-    head = f"| | degraded input | baseline: {NAMES[b['method']]} | corrected: {NAMES[c['method']]} |"
+    names = {k: m.title for k, m in RESTORATION_METHODS.items()}
+    head = f"| | degraded input | baseline: {names[b['method']]} | corrected: {names[c['method']]} |"
     lines = [head, "|---|---|---|---|",
              f"| PSNR (dB) ↑ | {d['psnr']:.2f} | {b['psnr']:.2f} | {c['psnr']:.2f} |",
              f"| SSIM ↑ | {_fmt(d['ssim'], '.4f')} | {_fmt(b['ssim'], '.4f')} | {_fmt(c['ssim'], '.4f')} |",
@@ -203,7 +198,7 @@ def metrics_markdown(req: RestoreRequest, m: dict) -> str:
              f"| NFE / image | – | {b['nfe_per_image']:g} | {c['nfe_per_image']:g} |",
              f"| seconds | – | {b['seconds']:.1f} | {c['seconds']:.1f} |"]
     settings = ", ".join(f"{k} {v}" for k, v in req.settings.items())
-    desc = (f"{TABS[req.tab][1]}" + (f" ({settings})" if settings else "") + f", measurement noise σ_y = {req.sigma_y:g}, "
+    desc = (f"{TABS[req.tab].title}" + (f" ({settings})" if settings else "") + f", measurement noise σ_y = {req.sigma_y:g}, "
             f"{req.steps} steps, seed {req.seed}. PSNR/SSIM against the reference (your image at the model's resolution).")
     if req.note:
         desc += f" Input: {req.note}."

@@ -14,26 +14,16 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from ..methods import METHODS, available, recommended_run
+from ..methods import METHODS, recommended_run, restoration_available
 from ..models.loading import REPO_ID, ModelLoadError, load_model
-from ..models.registry import HUB_PRESETS, extras_for
+from ..models.registry import HUB_PRESETS
+from ..restoration.tasks import RESTORATION_METHODS
 from .common import RunLock
 
 DEFAULT_KEY = "default"
 OTHER_KEY = "other"
 PRESET_IDS = [source for _, source, _ in HUB_PRESETS]
 ANY_CLASS = "any class"
-
-WHY_UNAVAILABLE = {
-    "nlc": "no trained NLC weights for this model yet",
-    "nlc-lut": "no NLC lookup table for this model yet",
-    "nag": "the model was not trained with noise-condition dropout",
-    "nag-est": "no noise-level estimator for this model",
-    "nlc-est": "no noise-level estimator for this model",
-    "nag+nlc-est": "needs noise-condition dropout and a noise-level estimator",
-    "ts": "needs the model's discrete training schedule",
-}
-
 
 def check_hub_id(text) -> str:
     """A Hub repo id typed by a web user, or ValueError. Local paths are refused (path traversal)."""
@@ -169,22 +159,21 @@ def class_index(model, choice) -> int | None:
 
 def correction_choices(model) -> tuple[list[tuple[str, str]], list[str]]:
     """(dropdown (label, method) for the corrections this model can run, notes on the others)."""
-    avail = available(model) if model is not None else {m: False for m in METHODS}
     ok, missing = [], []
-    for method, what in METHODS.items():
+    for method, spec in METHODS.items():
         if method == "none":
             continue
-        if avail.get(method):
-            ok.append((f"{method}: {what}", method))
+        if model is not None and spec.available(model):
+            ok.append((f"{method}: {spec.title}", method))
         else:
-            missing.append(f"`{method}` ({what}): {WHY_UNAVAILABLE.get(method, 'not available for this model')}")
+            why = spec.why_unavailable(model) if model is not None else "no model loaded"
+            missing.append(f"`{method}` ({spec.title}): {why}")
     return ok, missing
 
 
 def default_correction(choices: list[tuple[str, str]], model=None) -> str | None:
     """The correction the Generate tab starts with: the model's recommended one (its benchmark shows it
-    winning), else the first of a fixed order that it has."""
-    order = ["nag+nlc-est", "nag", "nlc", "nlc-est", "nag-est", "es", "self", "ts", "nlc-lut"]
+    winning), else the first it has in the registry's order."""
     keys = [k for _, k in choices]
     if model is not None:
         try:
@@ -193,13 +182,14 @@ def default_correction(choices: list[tuple[str, str]], model=None) -> str | None
             preferred = None
         if preferred in keys:
             return preferred
-    return next((m for m in order if m in keys), keys[0] if keys else None)
+    return next((m for m in METHODS if m in keys), None)
 
 
 def restoration_plan(model) -> tuple[str, str]:
     """(corrected method, a sentence for the UI): IterProj-NLC when NLC weights exist, else IterProj."""
-    if model is not None and "nlc" in extras_for(model):
-        return "iterproj-nlc", "Baseline: **DDNM** · corrected: **IterProj-NLC** (IterProj with this model's NLC network)."
+    if model is not None and restoration_available(model)["iterproj-nlc"]:
+        return "iterproj-nlc", (f"Baseline: **{RESTORATION_METHODS['ddnm'].title}** · corrected: "
+                                f"**{RESTORATION_METHODS['iterproj-nlc'].title}** (IterProj with this model's NLC network).")
     return "iterproj", ("Baseline: **DDNM** · corrected: **IterProj** (the projection loop, re-noising from the projected estimate). "
                         "This model has no trained NLC weights yet, so IterProj runs without NLC.")
 

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..methods import DEFAULTS, FALLBACK_STEPS, defaults_for, recommended_run
+from ..methods import FALLBACK_STEPS, METHODS, recommended_run
 from ..sampling.samplers import SAMPLERS
 from . import inputs as checked
 from .common import GPU
-from .generate import MAX_IMAGES, MAX_STEPS, NAG_METHODS, default_nag_weight, followed_cfg_scale, followed_nag_weight, \
-    generate_outputs, nag_key, needs_exclusive, parse_generate, preview, run_generate
+from .generate import MAX_IMAGES, MAX_STEPS, controls, default_value, followed_cfg_scale, followed_value, \
+    generate_outputs, method_controls, needs_exclusive, parse_generate, preview, run_generate
 from .state import ANY_CLASS, class_choices, correction_choices, default_correction
-from .wiring import SAMPLING, png, run_streamed, session_model, user_error
+from .wiring import SAMPLING, named, png, run_streamed, session_model, user_error
 
 
 def start_steps(model) -> int:
@@ -19,6 +19,13 @@ def start_steps(model) -> int:
         return min(recommended_run(model)[1], MAX_STEPS) if model is not None else FALLBACK_STEPS
     except ValueError:
         return FALLBACK_STEPS
+
+
+def control_widget(control: str, param, value, visible: bool):
+    """A setting's control, made from its declaration (label, range, step)."""
+    label = f"{param.label} ({param.hint})" if param.hint else param.label
+    return checked.Slider(param.lo, param.hi, value=value, step=param.step, label=label, visible=visible,
+                          elem_id=f"gen-{control}")
 
 
 def build(store, model_key, model, concurrency: int) -> dict:
@@ -35,11 +42,9 @@ def build(store, model_key, model, concurrency: int) -> dict:
             n = checked.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
             correction = checked.Dropdown(ok, value=first, label="Correction to compare with the baseline",
                                           allow_custom_value=True)
-            nag_w = checked.Slider(0, 20, value=default_nag_weight(first or "nag", model, start), step=0.1, label="NAG weight w",
-                                   visible=first in NAG_METHODS)
-            cfg = checked.Slider(1, 10, value=1, step=0.1, label="CFG scale (1 = off; needs a class)")
-            lam = checked.Slider(0.98, 1.02, value=defaults_for(model)["es_lambda"], step=0.001, label="Epsilon-scaling lambda",
-                                 visible=first == "es")
+            shown = method_controls(first) if first else []
+            ctrl = {c: control_widget(c, p, _start_value(first, c, model, start), c == "cfg_scale" or c in shown)
+                    for c, p in controls().items()}
             go = gr.Button("Generate", variant="primary")
         with gr.Column(scale=2):
             slider = gr.ImageSlider(label="baseline | corrected (drag)", format="png", type="pil")
@@ -54,41 +59,46 @@ def build(store, model_key, model, concurrency: int) -> dict:
                            elem_id="gen-leftover")
             bundle = gr.File(label="Download: images (PNG) and the run's settings and traces (zip)")
 
-    def recommended(key, n_steps):
-        try:                     # the session's model recommends its own weights (noisecorr.json)
-            model = session_model(store, key)
-            return model, defaults_for(model, n_steps)
-        except (gr.Error, ValueError, TypeError):   # it failed to load, or recommends nonsense: the papers'
-            return None, DEFAULTS
+    switched = [c for c in ctrl if c != "cfg_scale"]       # the controls that belong to a method
 
-    def show_weights(method, key, n_steps):
-        _, d = recommended(key, n_steps)
-        return gr.update(visible=method in NAG_METHODS, value=d[nag_key(method)]), \
-            gr.update(visible=method == "es", value=d["es_lambda"])
+    def session(key):
+        try:                     # the session's model recommends its own settings (noisecorr.json)
+            return session_model(store, key)
+        except gr.Error:         # it failed to load: its error shows on Generate
+            return None
 
-    def follow_steps(method, key, n_steps, w):
-        model, _ = recommended(key, n_steps)
-        value = None if model is None else followed_nag_weight(model, method, n_steps, w)
-        return gr.update() if value is None else gr.update(value=value)
+    def show_controls(method, key, n_steps):
+        model = session(key)
+        return [gr.update(visible=c in method_controls(method), value=_start_value(method, c, model, n_steps))
+                if method in METHODS else gr.update(visible=False) for c in switched]
+
+    def follow_steps(method, key, n_steps, *values):
+        model = session(key)
+        updates = []
+        for c, v in zip(switched, values):
+            try:
+                value = None if model is None or method not in METHODS else followed_value(model, method, c, n_steps, v)
+            except (ValueError, TypeError):      # the model recommends nonsense: leave the control
+                value = None
+            updates.append(gr.update() if value is None else gr.update(value=value))
+        return updates
 
     def follow_class(key, class_name, scale):
-        try:
-            value = followed_cfg_scale(session_model(store, key), class_name, scale)
-        except gr.Error:         # the model failed to load: its error shows on Generate
-            value = None
+        model = session(key)
+        value = None if model is None else followed_cfg_scale(model, class_name, scale)
         return gr.update() if value is None else gr.update(value=value)
 
-    correction.change(show_weights, [correction, model_key, steps], [nag_w, lam], api_visibility="private", queue=False)
-    cls.change(follow_class, [model_key, cls, cfg], [cfg], api_visibility="private", queue=False)
-    steps.change(follow_steps, [correction, model_key, steps, nag_w], [nag_w], api_visibility="private", queue=False)
+    outs = [ctrl[c] for c in switched]
+    correction.change(show_controls, [correction, model_key, steps], outs, api_visibility="private", queue=False)
+    cls.change(follow_class, [model_key, cls, ctrl["cfg_scale"]], [ctrl["cfg_scale"]], api_visibility="private",
+               queue=False)
+    steps.change(follow_steps, [correction, model_key, steps, *outs], outs, api_visibility="private", queue=False)
 
-    @GPU
-    def generate(key, class_name, sampler_name, n_steps, seed_value, n_images, method, nag_weight, cfg_scale,
-                 es_lambda, progress=gr.Progress()):
+    def generate(key, class_name, sampler_name, n_steps, seed_value, n_images, method, *values,
+                 progress=gr.Progress()):
         model = session_model(store, key)
         try:
-            req = parse_generate(model, class_name, sampler_name, n_steps, seed_value, n_images, method,
-                                 nag_weight, cfg_scale, es_lambda)
+            req = parse_generate(model, class_name, sampler_name, n_steps, seed_value, n_images, method, *values)
         except ValueError as e:
             raise user_error(e) from None
         with store.run_lock(model).hold(needs_exclusive(req.method)):
@@ -99,7 +109,20 @@ def build(store, model_key, model, concurrency: int) -> dict:
         b, c = png(out["baseline"], "baseline"), png(out["corrected"], "corrected")
         yield (b, c), b, c, out["metrics"], out["sigma"], out["leftover"], out["bundle"]
 
-    go.click(generate, [model_key, cls, sampler, steps, seed, n, correction, nag_w, cfg, lam],
+    names = ["key", "class_name", "sampler_name", "n_steps", "seed_value", "n_images", "method", *ctrl]
+    go.click(GPU(named(generate, names)), [model_key, cls, sampler, steps, seed, n, correction, *ctrl.values()],
              [slider, base, fixed, metrics, sig, left, bundle], api_name="generate",
              concurrency_id=SAMPLING, concurrency_limit=concurrency)
     return {"class": cls, "correction": correction, "steps": steps}
+
+
+def _start_value(method, control, model, steps):
+    """A control's value for ``method``: the model's recommendation, or the declared default when the
+    model recommends nonsense (its error shows when the run starts). The CFG scale starts off: it
+    follows the class (``followed_cfg_scale``)."""
+    if control == "cfg_scale":
+        return 1.0
+    try:
+        return default_value(method, control, model, steps) if method else default_value("none", control)
+    except ValueError:
+        return default_value(method or "none", control)

@@ -9,11 +9,13 @@ import gradio as gr
 from . import inputs as checked
 from .common import GPU
 from .plots import CONSISTENCY_Y
-from .restore import EDITOR_SIDE, MAX_STEPS, TABS, editor_value, needs_exclusive_restore, parse_restore, preview, \
+from ..restoration.tasks import SIGMA_Y as NOISE, TABS
+from ..settings import Choice
+from .plots import EPS_Y, SIGMA_Y
+from .restore import EDITOR_SIDE, MAX_STEPS, editor_value, needs_exclusive_restore, parse_restore, preview, \
     restore_outputs, run_restore
 from .state import restoration_plan
-from .plots import EPS_Y, SIGMA_Y
-from .wiring import SAMPLING, png, run_streamed, session_model, user_error
+from .wiring import SAMPLING, named, png, run_streamed, session_model, user_error
 
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.png"))
 
@@ -31,25 +33,21 @@ def eps_plot(label="||eps|| / sqrt(n) per step (1 = the network sees the level i
                        label=label, x_title="step", y_title="||eps||/sqrt(n)")
 
 
-def _settings_widgets(tab: str) -> dict:
-    """The task's own settings, by the keyword parse_restore takes them under."""
-    if tab == "super_resolution":
-        return {"factor": checked.Radio([2, 4, 8], value=4, label="Factor (block average)")}
-    if tab == "deblur":
-        return {"blur_sigma": checked.Slider(0.5, 5, value=2.0, step=0.1, label="Blur sigma (pixels)")}
-    if tab == "compressive_sensing":
-        return {"cs_ratio": checked.Slider(0.05, 1, value=0.25, step=0.05, label="Measured fraction of coefficients")}
-    if tab == "inpainting":
-        return {"mask": checked.Radio(["box", "random", "half", "drawn"], value="box",
-                                      label="Mask: a preset, or 'drawn' (paint on the image below)")}
-    return {}
+def setting_widget(param):
+    """A task setting's control, made from its declaration."""
+    if isinstance(param, Choice):
+        return checked.Radio(list(param.options), value=param.default, label=f"{param.label}: {param.help}")
+    label = f"{param.label} ({param.hint})" if param.hint else param.label
+    if param.options:
+        return checked.Radio(list(param.options), value=param.default, label=label)
+    return checked.Slider(param.lo, param.hi, value=param.default, step=param.step, label=label)
 
 
 def build(store, model_key, model, concurrency: int, tab: str) -> dict:
     """The tab's widgets under the current gr.Tab; returns those the model picker updates."""
-    _, title, what = TABS[tab]
+    task = TABS[tab]
     _, plan = restoration_plan(model)
-    gr.Markdown(what)
+    gr.Markdown(task.description)
     plan_md = gr.Markdown(plan)
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
@@ -57,15 +55,16 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
                                   sources=["upload", "clipboard"], height=220, elem_id=f"{tab}-input")
             gr.Examples([[str(p)] for p in EXAMPLES], inputs=[image], label="Examples",
                         example_labels=[p.stem.replace("_", " ") for p in EXAMPLES], examples_per_page=12)
-            settings = _settings_widgets(tab)
+            settings = {p.key: setting_widget(p) for p in task.params}
             drawing = None
-            if tab == "inpainting":
+            if task.name == "inpaint":
                 drawing = checked.ImageEditor(type="pil", image_mode="RGBA", sources=[], layers=False, transforms=(),
                                               brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=16),
                                               canvas_size=(EDITOR_SIDE, EDITOR_SIDE), format="png",
                                               label="Paint the pixels to fill in (used when the mask is 'drawn')")
                 drawing.short_name = "Drawing"
-            sigma_y = checked.Slider(0, 0.2, value=0.0, step=0.01, label="Measurement noise sigma_y ([0, 1] pixel units)")
+            sigma_y = checked.Slider(NOISE.lo, NOISE.hi, value=NOISE.default, step=NOISE.step,
+                                     label=f"{NOISE.label} ({NOISE.hint})")
             steps = checked.Slider(1, MAX_STEPS, value=20, step=1, label="Steps (network evaluations per method)")
             seed = checked.Number(0, precision=0, minimum=0, label="Seed")
             go = gr.Button("Restore", variant="primary")
@@ -87,7 +86,7 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
 
     names = list(settings)
 
-    def run(key, img, *values, progress):
+    def run(key, img, *values, progress=gr.Progress()):
         model = session_model(store, key)
         n = len(names)
         kw = dict(zip(names, values[:n]))
@@ -108,25 +107,9 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
         yield png(out["reference"], "reference"), png(out["degraded"], "degraded"), (b, c), b, c, out["metrics"], \
             out["sigma"], out["eps"], out["consistency"], out["bundle"]
 
-    # one explicit signature per tab: Gradio reads the parameters to name the API's arguments
-    if tab == "super_resolution":
-        def handler(key, image, factor, sigma_y, steps, seed, progress=gr.Progress()):
-            yield from run(key, image, factor, sigma_y, steps, seed, progress=progress)
-    elif tab == "deblur":
-        def handler(key, image, blur_sigma, sigma_y, steps, seed, progress=gr.Progress()):
-            yield from run(key, image, blur_sigma, sigma_y, steps, seed, progress=progress)
-    elif tab == "compressive_sensing":
-        def handler(key, image, cs_ratio, sigma_y, steps, seed, progress=gr.Progress()):
-            yield from run(key, image, cs_ratio, sigma_y, steps, seed, progress=progress)
-    elif tab == "inpainting":
-        def handler(key, image, mask, drawing, sigma_y, steps, seed, progress=gr.Progress()):
-            yield from run(key, image, mask, drawing, sigma_y, steps, seed, progress=progress)
-    else:
-        def handler(key, image, sigma_y, steps, seed, progress=gr.Progress()):
-            yield from run(key, image, sigma_y, steps, seed, progress=progress)
-
     inputs = [model_key, image, *settings.values(), *([drawing] if drawing is not None else []), sigma_y, steps, seed]
-    go.click(GPU(handler), inputs, [ref, degraded, slider, base, fixed, metrics, sig, eps, cons, bundle],
+    api = ["key", "image", *settings, *(["drawing"] if drawing is not None else []), "sigma_y", "steps", "seed"]
+    go.click(GPU(named(run, api)), inputs, [ref, degraded, slider, base, fixed, metrics, sig, eps, cons, bundle],
              api_name=tab, concurrency_id=SAMPLING, concurrency_limit=concurrency)
 
     if drawing is not None:

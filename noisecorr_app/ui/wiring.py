@@ -2,6 +2,7 @@
 progress bar and throttled previews. The logic itself lives in the Gradio-free modules."""
 from __future__ import annotations
 
+import inspect
 import logging
 
 import gradio as gr
@@ -85,3 +86,12 @@ def run_streamed(fn, args, total: int, progress, desc: str, on_preview):
         raise user_error(e) from None
     finally:
         gen.close()
+
+
+def named(fn, names: list[str]):
+    """``fn(*values, progress=...)`` with a signature naming each input: Gradio reads it to name the
+    endpoint's arguments (inputs made from declarations have no fixed list of parameters)."""
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    params.append(inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=gr.Progress()))
+    fn.__signature__ = inspect.Signature(params)
+    return fn

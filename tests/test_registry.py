@@ -1,0 +1,110 @@
+"""The registries are the one place methods, settings and tasks are declared: the CLI, the app and
+the benchmarks are made from them, and a correction declared here, in the test, runs everywhere."""
+import json
+
+import pytest
+import torch
+
+from noisecorr_app.cli import build_parser, main
+from noisecorr_app.methods import METHODS, MethodSetup, MethodSpec, method_params, register, setup
+from noisecorr_app.models.loading import load_model
+from noisecorr_app.restoration.tasks import RESTORATION_METHODS, TABS, TASKS
+from noisecorr_app.sampling.corrections import Correction, Prediction, rms
+from noisecorr_app.sampling.run import sample
+from noisecorr_app.settings import PARAMS, Param
+
+
+def subparser(parser, *path):
+    for name in path:
+        action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+        parser = action.choices[name]
+    return parser
+
+
+def option(parser, flag):
+    return next(a for a in parser._actions if flag in a.option_strings)
+
+
+def test_cli_app_and_benchmark_are_made_from_the_registries():
+    from noisecorr_app.ui.app import build_demo
+    from noisecorr_app.ui.generate import controls
+
+    p = build_parser()
+    sample_cmd, bench = subparser(p, "sample"), subparser(p, "evaluate", "generation")
+    assert option(sample_cmd, "--method").choices == list(METHODS)
+    assert option(bench, "--methods").default == ",".join(METHODS)
+    for key in method_params():                      # every setting a method reads is a flag, declared once
+        for cmd in (sample_cmd, bench, subparser(p, "evaluate", "fid")):
+            assert option(cmd, PARAMS[key].flag).default is None
+    restore_cmd = subparser(p, "restore")
+    assert option(restore_cmd, "--task").choices == list(TASKS)
+    assert option(restore_cmd, "--method").choices == list(RESTORATION_METHODS)
+    assert option(restore_cmd, "--correction").choices == [k for k, s in METHODS.items() if s.in_restoration]
+    restore_bench = subparser(p, "evaluate", "restoration")
+    assert option(restore_bench, "--methods").default == ",".join(RESTORATION_METHODS)
+    assert set(option(restore_bench, "--tasks").default.split(",")) <= set(TASKS)
+
+    demo = build_demo()
+    api = demo.get_api_info()["named_endpoints"]
+    gen = api["/generate"]["parameters"]
+    names = [q["parameter_name"] for q in gen]
+    assert names[names.index("method") + 1:] == list(controls())
+    for q in gen[names.index("method") + 1:]:        # each control shows its declaration's label
+        assert q["label"].startswith(controls()[q["parameter_name"]].label)
+    for tab, task in TABS.items():                   # one tab per task with a tab, its settings as inputs
+        params = [q["parameter_name"] for q in api[f"/{tab}"]["parameters"]]
+        assert [q.key for q in task.params] == params[1:1 + len(task.params)]
+
+
+class Scaled(Correction):
+    """A toy correction: the network's eps times a constant."""
+    name = "toy"
+
+    def __init__(self, gain):
+        self.gain = gain
+
+    def predict(self, model, x, sigma, sigma_next, cond, step):
+        eps = model.eps(x, sigma, cond)
+        return Prediction(x, eps * self.gain, sigma, sigma_next, rms(eps))
+
+
+@pytest.fixture
+def toy():
+    """A correction and its setting declared here, registered for this test only."""
+    PARAMS["toy_gain"] = Param("toy_gain", "Toy gain", 0.5, 1.5, 1.0, "eps is multiplied by this", control="toy_gain")
+    yield register(MethodSpec("toy", "toy correction (eps times a constant)",
+                              lambda run: MethodSetup(Scaled(run.values["toy_gain"])), ("toy_gain",)))
+    METHODS.pop("toy")
+    PARAMS.pop("toy_gain")
+
+
+def test_a_correction_declared_once_runs_in_sample_the_cli_and_the_app(toy, tiny_model_dir, tmp_path):
+    from noisecorr_app.ui.generate import controls, parse_generate, run_generate
+    from noisecorr_app.ui.state import correction_choices
+
+    model = load_model(tiny_model_dir, device="cpu")
+    # the library: setup() builds it, sample() runs it; gain 1 is the plain sampler, another gain is not
+    plain = sample(model, steps=3, n=2, seed=1).images
+    same = sample(model, steps=3, n=2, seed=1, correction=setup("toy", model).correction).images
+    other = sample(model, steps=3, n=2, seed=1, correction=setup("toy", model, toy_gain=0.8).correction).images
+    assert torch.equal(plain, same) and not torch.allclose(plain, other)
+    with pytest.raises(ValueError, match="^Toy gain must be a number from 0.5 to 1.5, got 9.0$"):
+        setup("toy", model, toy_gain=9.0)
+
+    # the CLI: --method toy and its flag --toy-gain, checked against the declaration
+    out = tmp_path / "cli"
+    assert main(["sample", "--model", str(tiny_model_dir), "--method", "toy", "--toy-gain", "0.8", "--steps", "3",
+                 "--n", "2", "--seed", "1", "--out", str(out), "--trace", str(out / "t.json"), "--device", "cpu"]) == 0
+    assert json.loads((out / "t.json").read_text())["settings"]["correction"] == "toy"
+    assert main(["sample", "--model", str(tiny_model_dir), "--method", "toy", "--toy-gain", "9", "--steps", "3",
+                 "--out", str(tmp_path / "bad"), "--device", "cpu"]) == 2
+
+    # the app: offered for the model, a control of its own, and the Generate run uses its value
+    assert "toy" in [k for _, k in correction_choices(model)[0]]
+    assert "toy_gain" in controls()
+    values = [0.8 if c == "toy_gain" else None for c in controls()]
+    req = parse_generate(model, "any class", "ddim", 3, 1, 2, "toy", *values)
+    assert req.params == {"toy_gain": 0.8}
+    runs = run_generate(model, req)
+    torch.testing.assert_close(runs["corrected"].images, other)
+    torch.testing.assert_close(runs["baseline"].images, plain)
