@@ -13,6 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .models.denoiser import as_denoiser
 from .models.registry import extras_for
 from .settings import PARAMS, check_values
 from .sampling.corrections import NLC, Correction, EpsScaling, EstimatedLevel, NLCTable, SelfEstimate, TimeShift
@@ -170,7 +171,7 @@ def for_steps(value, steps: int | None):
 
 
 def _model_file(model, key: str):
-    info = getattr(model, "info", None) or {}
+    info = as_denoiser(model).info
     where = f"{info.get('folder', 'the model')}/noisecorr.json"
     value = info.get(key) or {}
     if not isinstance(value, dict):
@@ -255,7 +256,7 @@ def setup(method: str, model, steps: int | None = None, sampler: str = "ddim", *
     settings (None: not given); ValueError for a value out of range or a model without what it needs."""
     s = spec(method)
     if not s.available(model):
-        raise ValueError(f"{getattr(model, 'name', 'this model')} cannot run '{method}' ({s.title}): "
+        raise ValueError(f"{as_denoiser(model).name} cannot run '{method}' ({s.title}): "
                          f"{s.why_unavailable(model)}")
     given = check_values({k: v for k, v in params.items() if v is not None})
     return s.build(Run(model, steps, sampler, {**defaults_for(model, steps), **given}))

@@ -24,15 +24,42 @@ RESTORATION_COLUMNS = [("task", "task", ""), ("sigma_y", "sigma_y", "g"), ("meth
 
 
 def add_parser(sub):
-    from ..extras.classifier import DEFAULT_CLASSIFIER
-    from ..methods import METHODS
-    from ..restoration.tasks import RESTORATION_METHODS, TASKS
-    from ..sampling.samplers import SAMPLERS
-    from ..sampling.schedules import SCHEDULES
-    from .restore import method_args as restore_method_args, task_args
-
+    """`evaluate` and its speed / fid / generation / restoration subcommands; returns the subparsers
+    (levels.py adds `evaluate estimator | nlc`)."""
     ev = sub.add_parser("evaluate", help="measure speed, sample quality or restoration quality")
     esub = ev.add_subparsers(dest="what", required=True, metavar="WHAT")
+    for add in (_speed_parser, _fid_parser, _generation_parser, _restoration_parser):
+        add(esub)
+    return esub
+
+
+def _scoring_args(p):
+    from ..extras.classifier import DEFAULT_CLASSIFIER
+    from ..sampling.schedules import SCHEDULES
+
+    p.add_argument("--feature-batch-size", type=int, default=500)
+    p.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER), help="FID-C10 classifier folder")
+    p.add_argument("--data", default=str(default_cifar10()), help="CIFAR-10 folder or tarball (reference: train/)")
+    p.add_argument("--kid-subsets", type=int, default=100)
+    p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument("--class", dest="class_", default=None, help="class index or name (reference: that class's "
+                                                                "train images); 'any' for unconditional")
+    p.add_argument("--per-class", action="store_true", help="n/classes samples of each class")
+    p.add_argument("--schedule", choices=list(SCHEDULES), default="model")
+    param_arg(p, "eta", default=0.0)
+    threads_arg(p)
+
+
+def _benchmark_output(p, name):
+    p.add_argument("--json", default=f"runs/{name}.json",
+                   help="results, written after every cell; a rerun with the same file resumes")
+    p.add_argument("--fresh", action="store_true", help="start --json over instead of resuming")
+    p.add_argument("--markdown", default=None, help="also write the table, with its command, here")
+
+
+def _speed_parser(esub):
+    from ..sampling.samplers import SAMPLERS
+
     es = esub.add_parser("speed", help="wall time per step and the sampling loop's overhead beyond the network")
     model_args(es)
     es.add_argument("--samplers", default=",".join(SAMPLERS))
@@ -42,18 +69,9 @@ def add_parser(sub):
     es.add_argument("--json", default=None, help="also write the rows to this JSON file (for `card`)")
     es.set_defaults(func=speed)
 
-    def scoring_args(p):
-        p.add_argument("--feature-batch-size", type=int, default=500)
-        p.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER), help="FID-C10 classifier folder")
-        p.add_argument("--data", default=str(default_cifar10()), help="CIFAR-10 folder or tarball (reference: train/)")
-        p.add_argument("--kid-subsets", type=int, default=100)
-        p.add_argument("--kid-subset-size", type=int, default=1000)
-        p.add_argument("--class", dest="class_", default=None, help="class index or name (reference: that class's "
-                                                                    "train images); 'any' for unconditional")
-        p.add_argument("--per-class", action="store_true", help="n/classes samples of each class")
-        p.add_argument("--schedule", choices=list(SCHEDULES), default="model")
-        param_arg(p, "eta", default=0.0)
-        threads_arg(p)
+
+def _fid_parser(esub):
+    from ..sampling.samplers import SAMPLERS
 
     ef = esub.add_parser("fid", help="FID-C10 and KID-C10 of samples (our CIFAR-10 classifier's features; "
                                      "not comparable with Inception FID)")
@@ -65,15 +83,14 @@ def add_parser(sub):
     method_args(ef)
     ef.add_argument("--seed", type=int, default=0, help="image i uses seed + i (--floor: the test subset's seed)")
     ef.add_argument("--batch-size", type=int, default=50, help="sampling batch size")
-    scoring_args(ef)
+    _scoring_args(ef)
     ef.add_argument("--json", default=None, help="also write the results to this JSON file")
     ef.set_defaults(func=fid)
 
-    def benchmark_output(p, name):
-        p.add_argument("--json", default=f"runs/{name}.json",
-                       help="results, written after every cell; a rerun with the same file resumes")
-        p.add_argument("--fresh", action="store_true", help="start --json over instead of resuming")
-        p.add_argument("--markdown", default=None, help="also write the table, with its command, here")
+
+def _generation_parser(esub):
+    from ..methods import METHODS
+    from ..sampling.samplers import SAMPLERS
 
     g = esub.add_parser("generation", help="benchmark: samplers x steps x methods -> FID-C10, KID, noise shift, "
                                            "NFE, seconds per image (resumable)")
@@ -88,10 +105,15 @@ def add_parser(sub):
         param_arg(g, key)
     clip_arg(g)
     g.add_argument("--batch-size", type=int, default=50)
-    scoring_args(g)
+    _scoring_args(g)
     g.add_argument("--plots", default=None, help="folder for fid_vs_steps.png and noise_shift_<sampler>_<steps>.png")
-    benchmark_output(g, "evaluate-generation")
+    _benchmark_output(g, "evaluate-generation")
     g.set_defaults(func=generation, parser=g)
+
+
+def _restoration_parser(esub):
+    from ..restoration.tasks import RESTORATION_METHODS, TASKS
+    from .restore import method_args as restore_method_args, task_args
 
     rb = esub.add_parser("restoration", help="benchmark: tasks x sigma_y x methods -> PSNR, SSIM, consistency, "
                                              "NFE, seconds per image (resumable)")
@@ -109,9 +131,8 @@ def add_parser(sub):
     rb.add_argument("--batch-size", type=int, default=20)
     task_args(rb, [t for t in TASKS.values() if t.benchmark != "no"])
     threads_arg(rb)
-    benchmark_output(rb, "evaluate-restoration")
+    _benchmark_output(rb, "evaluate-restoration")
     rb.set_defaults(func=restoration, parser=rb)
-    return esub
 
 
 def speed(a):
@@ -161,14 +182,12 @@ def _labels(a, model, n: int):
 
 
 def fid(a):
-    import numpy as np
     from tqdm import tqdm
 
     from ..evaluation import fid as scoring
     from ..evaluation.metrics import METRIC_NOTE, extract_features, reference_features
-    from ..images import to_uint8
-    from ..sampling.run import sample
     from ..training.data import load_images
+    from .common import method_kwargs
 
     threads(a)
     _check_scoring(a)
@@ -192,20 +211,13 @@ def fid(a):
         n = a.n or 1000
         label_list, class_spec = _labels(a, model, n)
         ref = reference_features(clf, Path(a.data), split="train", batch_size=a.feature_batch_size)
-        from .common import method_kwargs
-
         method_kw = method_kwargs(a, model)
         if a.method != "nag-est":
             method_kw.pop("estimator")     # no traces needed here
-        images = []
         with tqdm(total=n * a.steps, desc=f"sampling {a.sampler} {a.steps} steps", unit="step") as bar:
-            for start in range(0, n, a.batch_size):
-                k = min(a.batch_size, n - start)
-                res = sample(model, sampler=a.sampler, steps=a.steps, seeds=[a.seed + start + i for i in range(k)],
-                             n=k, labels=None if label_list is None else label_list[start:start + k],
-                             schedule=a.schedule, progress=lambda r: bar.update(k), **method_kw, **sampler_options(a))
-                images.append(to_uint8(res.images))   # 8 bits, as the reference images are
-        feats = extract_features(clf, np.concatenate(images), a.feature_batch_size, desc="features (samples)")
+            images = scoring.sample_uint8(model, n, a.batch_size, a.seed, label_list, bar.update, sampler=a.sampler,
+                                          steps=a.steps, schedule=a.schedule, **method_kw, **sampler_options(a))
+        feats = extract_features(clf, images, a.feature_batch_size, desc="features (samples)")
         labels, ref_label = scoring.sample_labels(model, clf, ref, label_list, a.per_class)
         doc["samples"] = {"kind": "model samples", "model": model.name, "n": n, "seed": a.seed, "sampler": a.sampler,
                           "steps": a.steps, "schedule": a.schedule, "eta": a.eta if a.sampler == "ddim" else None,
@@ -288,7 +300,8 @@ def generation(a):
                                params=params, kid_subsets=a.kid_subsets, kid_subset_size=a.kid_subset_size,
                                clip_x0=clip_choice(a))
     text = markdown_table(GENERATION_COLUMNS, rows)
-    est_ref = getattr(load_estimator_for(model), "reference", None)
+    estimator = load_estimator_for(model)
+    est_ref = None if estimator is None else estimator.reference
     notes = [METRIC_NOTE,
              "leftover median / p90: the noise-level estimator's reading of the final images (real photos read "
              + (f"{est_ref['median']:.4f} / {est_ref['p90']:.4f}" if est_ref else "-") + "); > real p90: the share "

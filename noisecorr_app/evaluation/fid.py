@@ -60,3 +60,20 @@ def scores(clf, feats, ref, ref_label, labels, kid_subsets: int, kid_subset_size
     if labels is not None:
         out["accuracy"] = float((predict_from_features(clf, feats) == labels).mean())
     return out
+
+
+def sample_uint8(model, n: int, batch_size: int, seed: int = 0, labels: list[int] | None = None, progress=None,
+                 **sample_kw) -> np.ndarray:
+    """n samples (image i from seed + i) as 8-bit images, as the reference images are, in batches;
+    ``progress(k)`` after each step of a batch of k."""
+    from ..images import to_uint8
+    from ..sampling.run import sample
+
+    images = []
+    for start in range(0, n, batch_size):
+        k = min(batch_size, n - start)
+        res = sample(model, seeds=[seed + start + i for i in range(k)], n=k,
+                     labels=None if labels is None else labels[start:start + k],
+                     progress=(lambda r: progress(k)) if progress else None, **sample_kw)
+        images.append(to_uint8(res.images))
+    return np.concatenate(images)

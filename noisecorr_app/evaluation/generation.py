@@ -31,7 +31,7 @@ class TimedEstimator:
 
     def __init__(self, estimator):
         self.estimator, self.seconds, self.last = estimator, 0.0, 0.0
-        self.reference = getattr(estimator, "reference", None)
+        self.reference = estimator.reference
         self.log_prob, self.parameters = estimator.log_prob, estimator.parameters
 
     def estimate(self, x):

@@ -42,7 +42,7 @@ def weights_fingerprint(model) -> str | None:
     None for models without a folder (e.g. analytic ones)."""
     from ..extras.storage import file_sha1
 
-    folder = getattr(model, "info", {}).get("folder") if getattr(model, "info", None) else None
+    folder = model.info.get("folder")
     if not folder:
         return None
     files = sorted(f for f in Path(folder).rglob("diffusion_pytorch_model*")

@@ -7,7 +7,9 @@ only ever calls ``denoiser.eps(x, sigma, cond)`` with ``sigma`` a per-image tens
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Callable
 
 import torch
@@ -91,13 +93,14 @@ class Denoiser:
     clip_sample: bool = False                   # samplers clamp x0 to [-1, 1] by default
     device = torch.device("cpu")
     name = "model"
+    info: Mapping = MappingProxyType({})        # what its folder says (noisecorr.json, "folder"); read-only here
 
     def eps(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
         raise NotImplementedError
 
 
 CONTRACT = ("sample_shape", "sigma_min", "sigma_max", "schedule", "num_classes", "supports_null_label",
-            "supports_null_noise", "clip_sample", "device", "name")
+            "supports_null_noise", "clip_sample", "device", "name", "info")
 
 
 class Wrapper(Denoiser):

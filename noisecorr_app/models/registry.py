@@ -25,7 +25,10 @@ def extras_for(model) -> dict[str, Path]:
     """The trained extras a model has: its NLC network and lookup table (in its own folder) and a
     noise-level estimator (its own, else the CIFAR-10 one for 32x32 RGB models, whose data it
     matches). Training-free corrections need nothing and are always available."""
-    folder = Path(model.info.get("folder", "")) if getattr(model, "info", None) else None
+    from .denoiser import as_denoiser
+
+    model = as_denoiser(model)
+    folder = Path(model.info["folder"]) if model.info.get("folder") else None
     found = {}
     if folder and (folder / "nlc" / "model.safetensors").exists():
         found["nlc"] = folder / "nlc"
@@ -33,6 +36,6 @@ def extras_for(model) -> dict[str, Path]:
             found["nlc-lut"] = folder / "nlc" / "lut"
     if folder and (folder / "estimator" / "model.safetensors").exists():
         found["estimator"] = folder / "estimator"
-    elif tuple(getattr(model, "sample_shape", ())) == (3, 32, 32) and (CIFAR_ESTIMATOR / "model.safetensors").exists():
+    elif tuple(model.sample_shape or ()) == (3, 32, 32) and (CIFAR_ESTIMATOR / "model.safetensors").exists():
         found["estimator"] = CIFAR_ESTIMATOR
     return found

@@ -104,6 +104,31 @@ def check_sampler_options(sampler: str, options: dict):
         raise ValueError(f"the {sampler} sampler has no option {', '.join(unknown)} ({takes})")
 
 
+def guided(net, cfg_scale: float = 1.0, nag_scale: float = 0.0, estimator=None, nag_est_scale: float = 0.0):
+    """The network with its guidance: CFG and classifier-free NAG batched (``Guided``), estimator NAG
+    on top (``EstimatorGuided``); the network itself when there is none."""
+    if cfg_scale != 1 or nag_scale:
+        net = Guided(net, cfg_scale, nag_scale)
+    if nag_est_scale:
+        if estimator is None:
+            raise ValueError("estimator-based NAG needs a noise-level estimator for this model")
+        net = EstimatorGuided(net, estimator, nag_est_scale)
+    return net
+
+
+def class_condition(model, labels, b: int) -> Cond | None:
+    """Class labels (one for all, or one per image) checked against the model's classes."""
+    if labels is None:
+        return None
+    lab = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    lab = lab.expand(b).clone() if lab.numel() == 1 else lab
+    if model.num_classes is None:
+        raise ValueError("this model is unconditional: it takes no class label")
+    if lab.min() < 0 or lab.max() >= model.num_classes:
+        raise ValueError(f"class labels must lie in 0..{model.num_classes - 1}")
+    return Cond(labels=lab)
+
+
 def sample_steps(model, *, sampler: str = "ddim", steps: int = 20, n: int = 1, seed: int = 0,
                  seeds: list[int] | None = None, labels=None, correction: Correction | None = None,
                  cfg_scale: float = 1.0, nag_scale: float = 0.0, schedule: str = "model",
@@ -124,31 +149,17 @@ def sample_steps(model, *, sampler: str = "ddim", steps: int = 20, n: int = 1, s
     check_sampler_options(sampler, sampler_options)
     base = as_denoiser(model)
     counted = CountingDenoiser(base)
-    net = Guided(counted, cfg_scale, nag_scale) if (cfg_scale != 1 or nag_scale) else counted
-    if nag_est_scale:
-        if estimator is None:
-            raise ValueError("estimator-based NAG needs a noise-level estimator for this model")
-        net = EstimatorGuided(net, estimator, nag_est_scale)
+    net = guided(counted, cfg_scale, nag_scale, estimator, nag_est_scale)
     correction = correction or Correction()
     if sigmas is None:
         sigmas = make_schedule(schedule, base).sigmas(steps)
     correction.reset(sigmas)
-    seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
-    noise = SeededNoise(seeds)
+    noise = SeededNoise(list(seeds) if seeds is not None else [seed + i for i in range(n)])
     if x is None:
         if base.sample_shape is None:
             raise ValueError("this model does not say its sample shape: pass the starting x")
-        x = float(sigmas[0]) * noise(torch.empty(len(seeds), *base.sample_shape, device=base.device))
-    cond = None
-    if labels is not None:
-        lab = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-        lab = lab.expand(x.shape[0]).clone() if lab.numel() == 1 else lab
-        if base.num_classes is None:
-            raise ValueError("this model is unconditional: it takes no class label")
-        if lab.min() < 0 or lab.max() >= base.num_classes:
-            raise ValueError(f"class labels must lie in 0..{base.num_classes - 1}")
-        cond = Cond(labels=lab)
-
+        x = float(sigmas[0]) * noise(torch.empty(len(noise.seeds), *base.sample_shape, device=base.device))
+    cond = class_condition(base, labels, x.shape[0])
     clip = bool(base.clip_sample) if clip_x0 is None else bool(clip_x0)
 
     def predict(x_, s, sn, i):
@@ -183,4 +194,4 @@ def sample(model, *, progress: Callable[[StepRecord], None] | None = None, **kw)
     estimator = kw.get("estimator")
     leftover = None if estimator is None else estimator.estimate(images).detach().cpu()
     return SampleResult(images, records, sum(r.nfe for r in records), seconds, settings, leftover,
-                        getattr(estimator, "reference", None))
+                        None if estimator is None else estimator.reference)

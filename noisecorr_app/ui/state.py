@@ -134,7 +134,7 @@ class ModelStore:
 
 # -- what a model offers ---------------------------------------------------------------------------
 def class_choices(model) -> list[str]:
-    if model is None or not getattr(model, "num_classes", None):
+    if model is None or not model.num_classes:
         return [ANY_CLASS]
     names = list(model.class_names or [])
     if len(names) != model.num_classes:
@@ -199,8 +199,8 @@ def describe(model, error: str | None = None) -> str:
     if model is None:
         return f"**No model loaded.** {error or ''}"
     c, h, w = model.sample_shape
-    info = getattr(model, "info", {}) or {}
-    cls = (f"class-conditional ({model.num_classes} classes)" if getattr(model, "num_classes", None)
+    info = model.info
+    cls = (f"class-conditional ({model.num_classes} classes)" if model.num_classes
            else "unconditional")
     trained = f", trained {info['trained_steps']} steps" if "trained_steps" in info else ""
     ok, missing = correction_choices(model)
