@@ -270,6 +270,27 @@ def restoration_available(model) -> dict[str, bool]:
     return {name: m.inner is None or METHODS[m.inner].available(model) for name, m in RESTORATION_METHODS.items()}
 
 
+def restoration_settings(model, method: str) -> dict:
+    """A restoration method's free settings for ``model``: its validated choice (noisecorr.json
+    ``restoration``: {method: {"eta": ..., "prox_weight": ...}}, chosen on train images), else the
+    method's paper values. A value out of range is an error naming the file."""
+    from .restoration.tasks import PROX_WEIGHT, RESTORATION_METHODS, RESTORE_ETA
+
+    spec = RESTORATION_METHODS[method]
+    out = {"eta": spec.eta, **({"prox_weight": spec.prox_weight} if spec.prox_weight is not None else {})}
+    own, where = _model_file(model, "restoration")
+    chosen = own.get(method) or {}
+    if not isinstance(chosen, dict):
+        raise ValueError(f"restoration.{method} in {where} must be an object")
+    for key, param in (("eta", RESTORE_ETA), ("prox_weight", PROX_WEIGHT)):
+        if key in chosen and key in out:
+            try:
+                out[key] = param.check(chosen[key])
+            except ValueError as e:
+                raise ValueError(f"{where}, restoration.{method}: {e}") from None
+    return out
+
+
 def restoration_correction(method: str, model, steps: int | None = None, correction: str = "none") -> Correction:
     """The correction inside a restoration method's loop: its own (NLC for iterproj-nlc), else ``correction``
     (a training-free one), with restoration's settings (RESTORATION_PARAMS)."""

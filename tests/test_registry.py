@@ -108,3 +108,42 @@ def test_a_correction_declared_once_runs_in_sample_the_cli_and_the_app(toy, tiny
     runs = run_generate(model, req)
     torch.testing.assert_close(runs["corrected"].images, other)
     torch.testing.assert_close(runs["baseline"].images, plain)
+
+
+def test_validated_restoration_settings_are_read_from_the_model_folder(tmp_path, tiny_model_dir):
+    """noisecorr.json ``restoration`` holds each method's settings chosen on train images: `restore`,
+    the app's restoration run and the benchmark use them; a change there changes the run."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from noisecorr_app.methods import restoration_settings
+    from noisecorr_app.ui.restore import parse_restore, run_restore
+
+    img = tmp_path / "in.png"
+    Image.fromarray((np.random.default_rng(0).random((8, 8, 3)) * 255).astype(np.uint8)).save(img)
+    outputs = {}
+    for eta in (0.2, 1.0):
+        folder = tmp_path / f"m{eta}"
+        shutil.copytree(tiny_model_dir, folder)
+        (folder / "noisecorr.json").write_text(json.dumps({"restoration": {"ddnm": {"eta": eta},
+                                                                         "diffpir": {"prox_weight": 3.0}}}))
+        model = load_model(folder, device="cpu")
+        assert restoration_settings(model, "ddnm") == {"eta": eta}
+        assert restoration_settings(model, "diffpir") == {"eta": RESTORATION_METHODS["diffpir"].eta, "prox_weight": 3.0}
+        out = tmp_path / f"r{eta}"
+        assert main(["restore", "--model", str(folder), "--task", "sr2", "--input", str(img), "--method", "ddnm",
+                     "--steps", "4", "--out", str(out), "--device", "cpu"]) == 0
+        req, x, op = parse_restore(model, "super_resolution", str(img), 0.0, 4, 0, factor=2)
+        app = run_restore(model, req, x, op)
+        assert app["baseline"].settings["eta"] == eta                       # the app's DDNM run
+        outputs[eta] = (np.asarray(Image.open(out / "in_sr2_ddnm.png")), app["baseline"].images)
+    assert not np.array_equal(outputs[0.2][0], outputs[1.0][0])
+    assert not torch.equal(outputs[0.2][1], outputs[1.0][1])
+    # a value out of range is refused, naming the file
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model_dir, bad)
+    (bad / "noisecorr.json").write_text(json.dumps({"restoration": {"ddrm": {"eta": 3}}}))
+    with pytest.raises(ValueError, match="noisecorr.json, restoration.ddrm: Fresh noise eta must be"):
+        restoration_settings(load_model(bad, device="cpu"), "ddrm")

@@ -76,7 +76,7 @@ def clip_choice(a) -> bool | None:
     return CLIP_CHOICES[getattr(a, "x0_clip", "model")]
 
 
-def param_arg(p, key, default=None):
+def param_arg(p, key, default=None, default_text: str | None = None):
     """One setting (a key of PARAMS, or a Param) as a flag; unset (None) it takes the model's
     recommendation, else the declared default."""
     param = PARAMS[key] if isinstance(key, str) else key
@@ -86,9 +86,9 @@ def param_arg(p, key, default=None):
         return
     follows = param.tunable and any(param.key in s.params for s in METHODS.values())
     source = "the model's recommendation for the run's step count, else " if follows else ""
+    shown = default_text or f"{source}{param.default if default is None else default:g}"
     p.add_argument(param.flag, type=int if param.integer else float, default=default,
-                   help=f"{param.label}, {param.lo:g} to {param.hi:g}: {param.help} "
-                        f"(default: {source}{param.default if default is None else default:g})")
+                   help=f"{param.label}, {param.lo:g} to {param.hi:g}: {param.help} (default: {shown})")
 
 
 def method_args(p, recommended: bool = False):

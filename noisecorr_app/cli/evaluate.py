@@ -122,7 +122,9 @@ def _restoration_parser(esub):
                     help="comma-separated: " + ", ".join(k for k, t in TASKS.items() if t.benchmark != "no"))
     rb.add_argument("--methods", default=",".join(RESTORATION_METHODS), help="comma-separated")
     rb.add_argument("--sigma-y", default="0,0.05", help="comma-separated measurement noise levels in [0, 0.2]")
-    rb.add_argument("--images", default=None, help="folder of images (default: random CIFAR-10 test images)")
+    rb.add_argument("--images", default=None, help="folder of images (default: random CIFAR-10 images of --split)")
+    rb.add_argument("--split", default="test", choices=["train", "test"],
+                    help="CIFAR-10 split without --images: train to choose settings on (validation), test to report")
     rb.add_argument("--data", default=str(default_cifar10()), help="CIFAR-10 tarball or folder, used without --images")
     rb.add_argument("--n", type=int, default=200, help="images")
     rb.add_argument("--steps", type=int, default=100, help="network-evaluation budget per image")
@@ -351,7 +353,8 @@ def restoration(a):
     if model.sample_shape[0] != 3:
         raise UserError(f"{model.name} makes {model.sample_shape[0]}-channel images: the benchmark needs an RGB model")
     try:
-        x, source, note = load_eval_images(a.images, a.n, model.sample_shape[-1], seed=a.seed, cifar=a.data)
+        x, source, note = load_eval_images(a.images, a.n, model.sample_shape[-1], seed=a.seed, cifar=a.data,
+                                           split=a.split)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     if note:

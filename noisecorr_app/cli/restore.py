@@ -22,9 +22,11 @@ def task_args(p, tasks=None):
 
 def method_args(p):
     """--eta, --grid, --tail-steps and --next-level, shared by `restore` and `evaluate restoration`."""
-    from ..restoration.tasks import RESTORE_ETA
+    from ..restoration.tasks import PROX_WEIGHT, RESTORE_ETA
 
-    param_arg(p, RESTORE_ETA, default=RESTORE_ETA.default)
+    validated = "the model's validated choice for each method (noisecorr.json), else its paper's"
+    param_arg(p, RESTORE_ETA, default_text=validated)
+    param_arg(p, PROX_WEIGHT, default_text=validated)
     p.add_argument("--grid", default="model", choices=["model", "loglinear"],
                    help="iterproj: the main sigma grid, model (DDNM's: the model's timesteps, 'leading'; default; "
                         "measured: ahead at 20 steps, level at 100) or loglinear (the official IterProj's, 100 down "
@@ -38,16 +40,18 @@ def method_args(p):
 
 
 def method_options(a) -> dict:
-    """The method_args options, checked here so a bad value is one message before any model loads."""
-    from ..restoration.tasks import RESTORE_ETA
+    """The method_args options, checked here so a bad value is one message before any model loads; eta
+    and prox_weight None: each method's validated value for the model (``methods.restoration_settings``)."""
+    from ..restoration.tasks import PROX_WEIGHT, RESTORE_ETA
 
     try:
-        eta = RESTORE_ETA.check(a.eta)
+        eta = None if a.eta is None else RESTORE_ETA.check(a.eta)
+        prox = None if a.prox_weight is None else PROX_WEIGHT.check(a.prox_weight)
     except ValueError as e:
         raise UserError(str(e)) from None
     if a.tail_steps is not None and not 0 <= a.tail_steps < a.steps:
         raise UserError(f"--tail-steps must be from 0 to --steps - 1 ({a.steps - 1}), got {a.tail_steps}")
-    return {"eta": eta, "tail_steps": a.tail_steps, "grid": a.grid, "next_level": a.next_level}
+    return {"eta": eta, "prox_weight": prox, "tail_steps": a.tail_steps, "grid": a.grid, "next_level": a.next_level}
 
 
 def task_values(a, task) -> dict:
@@ -120,8 +124,11 @@ def run(a):
     op = make_operator(a.task, size, **settings)
     y = degrade(op, x.to(model.device), a.sigma_y, seed=a.seed)
     correction = inner_correction(a.method, model, a.steps, a.correction)
+    from ..methods import restoration_settings
+
+    knobs = {**restoration_settings(model, a.method), **{k: v for k, v in options.items() if v is not None}}
     res = restore(model, op, y, method=a.method, steps=a.steps, seed=a.seed, sigma_y=a.sigma_y, correction=correction,
-                  **options)
+                  **knobs)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(a.input).stem

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..methods import restoration_available, restoration_correction
+from ..methods import restoration_available, restoration_correction, restoration_settings
 from ..restoration.methods import degrade, restore
 from ..restoration.operators import make_operator
 from .metrics import psnr, ssim
@@ -24,11 +24,12 @@ SSIM_MIN_SIZE = 11                 # SSIM's window: smaller images get no SSIM
 
 
 def load_eval_images(folder: str | Path | None, n: int, size: int, seed: int = 0,
-                     cifar: str | Path | None = None) -> tuple[torch.Tensor, str, str | None]:
+                     cifar: str | Path | None = None, split: str = "test") -> tuple[torch.Tensor, str, str | None]:
     """n images (n, 3, size, size) in [-1, 1], a description of where they came from, and a note on what
     was done to them (None if nothing). From ``folder``: its first n image files in sorted order, each
-    through ``images.prepare_image``. Without a folder: n random CIFAR-10 test images (seeded: the test
-    split is stored class by class, so its first n would all be aeroplanes)."""
+    through ``images.prepare_image``. Without a folder: n random CIFAR-10 images of ``split`` (seeded: a
+    split is stored class by class, so its first n would all be aeroplanes); "train" is the validation
+    set settings are chosen on, "test" the one tables report."""
     from ..images import prepare_image
     from ..training.data import IMAGE_SUFFIXES, default_cifar10, load_images, to_tensor
 
@@ -36,15 +37,15 @@ def load_eval_images(folder: str | Path | None, n: int, size: int, seed: int = 0
         path = Path(cifar) if cifar else default_cifar10()
         if not path.exists():
             raise FileNotFoundError(f"no CIFAR-10 data at {path}: pass --images with a folder of images")
-        ds = load_images(path, split="test")
+        ds = load_images(path, split=split)
         if n > len(ds):
-            raise ValueError(f"--n {n} is more than the {len(ds)} test images")
+            raise ValueError(f"--n {n} is more than the {len(ds)} {split} images")
         idx = np.sort(np.random.default_rng(seed).choice(len(ds), n, replace=False))
-        source = f"{path.name}:test, {n} random images (seed {seed})"
+        source = f"{path.name}:{split}, {n} random images (seed {seed})"
         if ds.images.shape[1:3] == (size, size):
             return to_tensor(ds.images[idx]), source, None
         x = torch.cat([prepare_image(a, size)[0] for a in ds.images[idx]])     # another model size: resized
-        return x, source, f"CIFAR-10 test images resized to {size}x{size}, the model's resolution"
+        return x, source, f"CIFAR-10 {split} images resized to {size}x{size}, the model's resolution"
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"--images {folder} is not a folder of images")
@@ -112,11 +113,12 @@ def evaluate_restoration(model, x: torch.Tensor, table: ResultsFile, *, tasks: l
         for task, sigma_y, method in todo:
             outer.set_postfix_str(f"{task} sigma_y {sigma_y} {method}")
             corr = restoration_correction(method, model, steps)
+            knobs = {**restoration_settings(model, method), **{k: v for k, v in options.items() if v is not None}}
             with tqdm(total=len(x) * steps, desc=f"  {task} {sigma_y} {method}", unit="img-step",
                       leave=False) as bar:
                 r = run_cell(model, ops[task], x, method, sigma_y=sigma_y, steps=steps, seed=seed,
-                             batch_size=batch_size, correction=corr, progress=bar.update, **options)
-            table.add({"task": task, "method": method, "sigma_y": sigma_y, "n": len(x),
+                             batch_size=batch_size, correction=corr, progress=bar.update, **knobs)
+            table.add({"task": task, "method": method, "sigma_y": sigma_y, "n": len(x), "settings": knobs,
                        **{k: finite_or_none(v) if k != "nfe" else v for k, v in r.items()},
                        "seconds_per_image": round(r["seconds_per_image"], 5),
                        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})

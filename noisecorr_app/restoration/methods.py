@@ -33,7 +33,7 @@ from ..sampling.samplers import SAMPLERS, StepRecord
 from ..sampling.schedules import LogLinear, ModelSpacing
 from ..sampling.trace import light, step_summary
 from .operators import Inpainting, Operator
-from .tasks import RESTORATION_METHODS, RESTORE_ETA, SIGMA_Y
+from .tasks import PROX_WEIGHT, RESTORATION_METHODS, RESTORE_ETA, SIGMA_Y
 
 __all__ = ["METHODS", "SIGMA_Y_MAX", "GRIDS", "NEXT_LEVELS", "Projected", "RestoreResult", "restore", "degrade",
            "cyclic_tail", "with_tail", "iterproj_sigmas", "model_grid", "default_tail_steps", "model_noise",
@@ -52,6 +52,8 @@ GRIDS = ("model", "loglinear")  # IterProj's main grid: DDNM's (model timesteps,
 DEFAULT_GRID = "model"       # measured: docs/restoration.md
 NEXT_LEVELS = ("scheduled", "corrected")  # where a level correction's step re-noises to
 DEFAULT_NEXT_LEVEL = "scheduled"          # ours (measured: docs/restoration.md); "corrected" is the official
+RULES = ("ddnm", "diffpir", "ddrm")           # Projected's data steps
+FRESH_SEEDS = 2 ** 40         # DDRM's own noise: image i draws from FRESH_SEEDS + seed + i, apart from the sampler's
 SELECT_TOL = 1e-3            # RMS residual per measurement below which steps count as equally consistent
 
 
@@ -105,26 +107,37 @@ class Projected(Correction):
 
     inner: the correction whose prediction is projected (``Correction()`` = the plain network).
     operator, y: the measurement; y (B or 1, ...) is moved to x's device and dtype as needed.
-    sigma_y: measurement noise std in [0, 1] pixel units (DDNM+ lambda rule when > 0).
-    clip: clip the inner x0 to [-1, 1] before projecting (official order).
+    sigma_y: measurement noise std in [0, 1] pixel units.
+    rule: the data step, one spectral filter of the residual each (``Operator.pinv_filtered``):
+      "ddnm": DDNM's projection, DDNM+'s damping min(1, sigma_next s / sigma_y) with noise;
+      "diffpir": DiffPIR's proximal step, argmin ||A x - y||^2 + rho ||x - x0||^2 with
+      rho = prox_weight sigma_y^2 / sigma^2 (the projection without noise);
+      "ddrm": DDRM's per-singular-value update with its own fresh noise (``eta``; eta_b = 1): the
+      prediction then carries the whole step, so the sampler runs DDIM with eta 0.
+    clip: clip the inner x0 to [-1, 1] before the data step (official order).
     next_level: where a level correction's step goes, "scheduled" (ours, default) or "corrected"
     (the official sigma_next (1 + r)); see docs/restoration.md.
     """
 
     def __init__(self, inner: Correction | None, operator: Operator, y: torch.Tensor, sigma_y: float = 0.0,
-                 clip: bool = True, next_level: str = DEFAULT_NEXT_LEVEL):
+                 clip: bool = True, next_level: str = DEFAULT_NEXT_LEVEL, rule: str = "ddnm",
+                 prox_weight: float = 1.0, eta: float = DEFAULT_ETA, noise=None):
         self.inner = inner if inner is not None else Correction()
         if not isinstance(self.inner, Correction):
             raise ValueError(f"the inner correction must be a Correction, got {type(inner).__name__}")
         if next_level not in NEXT_LEVELS:
             raise ValueError(f"next_level must be one of {', '.join(NEXT_LEVELS)}, got {next_level!r}")
-        self.next_level = next_level
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+        if rule == "ddrm" and noise is None:
+            raise ValueError("DDRM's step draws its own fresh noise: pass noise= (per-image seeded)")
+        self.next_level, self.rule, self.prox_weight, self.eta, self.fresh = next_level, rule, prox_weight, eta, noise
         self.operator, self.y, self.clip = operator, y, bool(clip)
         self.sigma_y = check_sigma_y(sigma_y)
         self.noise = model_noise(self.sigma_y)
         self.gain = operator.noise_gain(y) if self.noise > 0 else 1.0
         self.s_top = operator.top_singular_value(y) if self.noise > 0 else 1.0
-        self.name = f"projected+{self.inner.name}"
+        self.name = f"projected+{self.inner.name}" if rule == "ddnm" else f"{rule}+{self.inner.name}"
         self.history: list[dict] = []
         self._ys: dict = {}
 
@@ -144,12 +157,44 @@ class Projected(Correction):
             y = y.expand(like.shape[0], *y.shape[1:])
         return y
 
-    def lam(self, sigma_next: torch.Tensor) -> torch.Tensor:
-        """DDNM+'s lambda on A's top singular value, per image: 1 without noise,
-        min(1, sigma_next s_max / sigma_y_model) with (the largest per-component lambda)."""
+    def lam(self, sigma_next: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
+        """The data step's weight on A's top singular value, per image: 1 without noise (y is
+        imposed), below 1 once the noise keeps the estimate from fitting y (the noise crossover)."""
         if self.noise == 0:
             return torch.ones_like(sigma_next, dtype=torch.float32)
-        return (sigma_next.float() * self.s_top / self.noise).clamp(max=1.0)
+        s = self.s_top
+        if self.rule == "diffpir":         # at the step's own level sigma
+            return s * s / (s * s + self.prox_weight * self.noise ** 2 / sigma.float().clamp_min(1e-12) ** 2)
+        return (sigma_next.float() * s / self.noise).clamp(max=1.0)
+
+    def data_step(self, x0, resid, sigma, sigma_next):
+        """x0 moved towards the measurement (see ``rule``); per image levels of shape (B,)."""
+        op, sn = self.operator, bcast(sigma_next.float(), x0)
+        if self.noise == 0:
+            return x0 - op.pinv(resid)
+        if self.rule == "diffpir":
+            rho = self.prox_weight * self.noise ** 2 / bcast(sigma.float().clamp_min(1e-12), x0) ** 2
+            return x0 - op.pinv_filtered(resid, lambda s: s / (s * s + rho))
+        if self.rule == "ddrm":   # components the measurement knows better than the level: imposed
+            w = lambda s: torch.where(s * sn < self.noise, (1 - self.eta ** 2) ** 0.5 * sn * s / self.noise, 1.0)
+            return x0 - op.pinv_filtered(resid, lambda s: w(s) / s)
+        return x0 - op.pinv_filtered(resid, lambda s: (sn * s / self.noise).clamp(max=1.0) / s)
+
+    def ddrm_direction(self, x, x0, sigma, sigma_next):
+        """DDRM's direction for x_next = x0' + sigma_next eps': the null space (and components lost to
+        truncation) keeps DDIM's mix of the network's direction and fresh noise; the range carries fresh
+        noise of DDRM's per-component std (eta where the measurement is noisier than the level,
+        sqrt(1 - sigma_y^2 / (s sigma_next)^2) where it is not)."""
+        op, xi = self.operator, self.fresh(x)
+        sn = bcast(sigma_next.float(), x).clamp_min(1e-12)
+        eps_hat = (x - x0) / bcast(sigma.float().clamp_min(1e-12), x)
+        mixed = (1 - self.eta ** 2) ** 0.5 * eps_hat + self.eta * xi
+        null = mixed - op.pinv(op.A(mixed))
+        if self.noise == 0:
+            return null + op.pinv(op.A(xi))
+        std = lambda s: torch.where(s * sn < self.noise, torch.full_like(s * sn, self.eta),
+                                    (1 - (self.noise / (s * sn)) ** 2).clamp_min(0).sqrt())
+        return null + op.pinv_filtered(op.A(xi), lambda s: std(s) / s)
 
     def predict(self, model, x, sigma, sigma_next, cond: Cond | None, step: int) -> Prediction:
         p = self.inner.predict(model, x, sigma, sigma_next, cond, step)
@@ -159,17 +204,16 @@ class Projected(Correction):
         x0 = p.x0.clamp(-1, 1) if self.clip else p.x0
         y = self.measurement(x0)
         resid = self.operator.A(x0) - y
-        lam = self.lam(p.sigma_next).to(x0.device)
-        if self.noise == 0:
-            x0p = x0 - self.operator.pinv(resid)
-        else:   # DDNM+ per singular value: lambda(s) = min(1, sigma_next s / sigma_y)
-            tau = p.sigma_next.float().to(x0.device) / self.noise
-            x0p = x0 - self.operator.pinv_damped(resid, tau.expand(x0.shape[0]) if tau.dim() == 0 else tau)
-        eps = (x - x0p) / bcast(p.sigma.clamp_min(1e-12), x)
+        x0p = self.data_step(x0, resid, p.sigma, p.sigma_next)
         if not self.history or self.history[-1]["step"] != step:   # EDM calls twice per step: keep the first
-            self.history.append({"step": step, "sigma_used": p.sigma.detach().cpu(), "lambda": lam.detach().cpu(),
+            self.history.append({"step": step, "sigma_used": p.sigma.detach().cpu(),
+                                 "lambda": self.lam(p.sigma_next, p.sigma).detach().cpu(),
                                  "consistency_before": resid.flatten(1).norm(dim=1).detach().cpu(),
                                  "consistency": self.operator.consistency(x0p, y).detach().cpu()})
+        if self.rule == "ddrm":
+            return Prediction(x, self.ddrm_direction(p.x, x0, p.sigma, p.sigma_next), p.sigma, p.sigma_next,
+                              p.eps_norm, clamped_x0=x0p)
+        eps = (x - x0p) / bcast(p.sigma.clamp_min(1e-12), x)
         return Prediction(x, eps, p.sigma, p.sigma_next, p.eps_norm)
 
 
@@ -318,7 +362,7 @@ def restoration_grid(method: str, base, steps: int, grid: str = DEFAULT_GRID, ta
                      cycle_size: int | None = None, tail_sigma=TAIL_SIGMA, sigma_max: float | None = None) -> Grid:
     """The sigma grid a method walks: DDNM's (the model's timesteps, 'leading'); IterProj's main grid
     (DDNM's or the official log-linear one) with the optional cyclic tail."""
-    if method == "ddnm":
+    if not RESTORATION_METHODS[method].iterproj:
         main, schedule = model_grid(base, steps)
         return Grid(with_tail(main, 0), schedule)
     if grid not in GRIDS:
@@ -361,11 +405,12 @@ class MostConsistent:
 
 
 def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj", steps: int = DEFAULT_STEPS,
-            seed: int = 0, sigma_y: float = 0.0, correction: Correction | None = None, eta: float = DEFAULT_ETA,
+            seed: int = 0, sigma_y: float = 0.0, correction: Correction | None = None, eta: float | None = None,
             tail_steps: int | None = None, labels=None, progress: Callable[[StepRecord], None] | None = None, *,
             n: int | None = None, sampler: str = "ddim", clip: bool = True, cycle_size: int | None = None,
             tail_sigma: tuple[float, float] = TAIL_SIGMA, sigma_max: float | None = None,
-            grid: str = DEFAULT_GRID, next_level: str = DEFAULT_NEXT_LEVEL) -> RestoreResult:
+            grid: str = DEFAULT_GRID, next_level: str = DEFAULT_NEXT_LEVEL,
+            prox_weight: float | None = None) -> RestoreResult:
     """Restore images from the measurement ``y`` (of ``operator``) with one of ``METHODS``.
 
     model: a denoiser (``eps(x, sigma, cond)``) or a callable eps(x, sigma).
@@ -374,7 +419,8 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
     seed: image i uses seed + i (start noise and fresh noise); n: number of restorations when y
     holds one measurement (default: y's batch). sigma_y: measurement noise std in [0, 1] pixel units.
     correction: the inner correction (required, a LevelCorrection, for iterproj-nlc; optional otherwise).
-    eta: DDIM's eta (DDNM form). tail_steps: iterproj's tail length (default none), cycles
+    eta: the method's fresh-noise knob (default its paper's value): DDIM's eta in DDNM's form for
+    ddnm and iterproj, DDRM's eta (eta_b = 1), DiffPIR's zeta. prox_weight: DiffPIR's lambda. tail_steps: iterproj's tail length (default none), cycles
     of ``cycle_size`` (default min(10, tail_steps)) between ``tail_sigma`` = (0.003, 0.02).
     grid: iterproj's main grid, "model" (DDNM's, the default) or "loglinear" (the official one, from
     ``sigma_max``, default min(100, the model's sigma_max), to the model's sigma_min).
@@ -385,16 +431,23 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
     """
     t0 = time.perf_counter()
     _check_method(method, sampler, correction)
+    spec = RESTORATION_METHODS[method]
     sigma_y = check_sigma_y(sigma_y)
     steps = _check_int("steps", steps, 1, MAX_STEPS)
-    eta = RESTORE_ETA.check(eta)
+    eta = RESTORE_ETA.check(spec.eta if eta is None else eta)
+    prox_weight = PROX_WEIGHT.check(spec.prox_weight if prox_weight is None else prox_weight) \
+        if spec.rule == "diffpir" else None
     base, y, n = _batched(as_denoiser(model), operator, y, n)
     g = restoration_grid(method, base, steps, grid, tail_steps, cycle_size, tail_sigma, sigma_max)
 
-    proj = Projected(correction, operator, y, sigma_y=sigma_y, clip=clip, next_level=next_level)
+    fresh = SeededNoise([FRESH_SEEDS + seed + i for i in range(n)]) if spec.rule == "ddrm" else None
+    proj = Projected(correction, operator, y, sigma_y=sigma_y, clip=clip, next_level=next_level, rule=spec.rule,
+                     prox_weight=prox_weight, eta=eta, noise=fresh)
     m = measurement_size(operator, y)
-    keep = MostConsistent(model_noise(sigma_y) * math.sqrt(m), SELECT_TOL * math.sqrt(m), method != "ddnm", n)
-    options = {"eta": eta, "eta_style": "ddnm"} if sampler == "ddim" else {}
+    keep = MostConsistent(model_noise(sigma_y) * math.sqrt(m), SELECT_TOL * math.sqrt(m), spec.iterproj, n)
+    # the sampler's own fresh noise: DDNM's eta; DiffPIR's sqrt(zeta); none for DDRM (its step carries it)
+    sampler_eta = {"ddrm": 0.0, "diffpir": eta ** 0.5}.get(spec.rule, eta)
+    options = {"eta": sampler_eta, "eta_style": "ddnm"} if sampler == "ddim" else {}
     records, history = [], []
     for rec in sample_steps(base, sampler=sampler, steps=len(g.sigmas) - 1, n=n, seed=seed, labels=labels,
                             correction=proj, sigmas=g.sigmas, clip_x0=False, **options):
@@ -421,7 +474,9 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
                 "sigma_y": sigma_y, "sigma_y_model": model_noise(sigma_y), "noise_gain": proj.gain, "clip": bool(clip),
                 "schedule": g.schedule, "sigma_first": float(g.sigmas[0]), "operator": type(operator).__name__,
                 "correction": proj.inner.name, "output": "most consistent x0" if keep.keep_best else "last x0"}
-    if method != "ddnm":
+    if spec.iterproj:
         settings.update(grid=grid, next_level=next_level, cycle_size=g.cycle, tail_sigma=list(tail_sigma))
+    if prox_weight is not None:
+        settings["prox_weight"] = prox_weight
     return RestoreResult(images, records, history, consistency, sum(r.nfe for r in records),
                          time.perf_counter() - t0, settings, keep.kept)

@@ -64,19 +64,26 @@ class Operator:
         """An image (B, C, H, W) showing the measurement; A^+ y unless an operator knows better."""
         return self.pinv(y)
 
+    def pinv_filtered(self, y: torch.Tensor, f) -> torch.Tensor:
+        """A^+ y with the factor 1/s on each singular value s replaced by ``f(s)``: the one spectral
+        primitive the restoration methods share (DDNM+'s damping, DiffPIR's proximal step, DDRM's
+        per-component rules). ``f`` gets s as a tensor that broadcasts against per-image values
+        shaped (B, 1, 1, 1) and returns factors that do too.
+
+        This default is exact for operators whose nonzero singular values are all equal (inpainting,
+        average-pooling SR, colorization, compressive sensing: s = 1 / noise_gain). Operators with a
+        spread of singular values (blur, bicubic SR) override it and filter each one separately."""
+        back = self.pinv(y)
+        s = torch.tensor(self.top_singular_value(y), dtype=back.dtype, device=back.device)
+        return f(s) * s * back
+
     def pinv_damped(self, y: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """DDNM+'s pseudo-inverse for noisy measurements: A^+ y with the component on singular
         value s scaled by ``lambda(s) = min(1, tau s)``; tau (B,) = sigma_next / sigma_y (model
         units). The measurement noise A^+ passes on along s is sigma_y / s, so lambda caps what each
-        component carries at sigma_next: the level the sampler is about to hold anyway.
-
-        This default is exact for operators whose nonzero singular values are all equal (inpainting,
-        average-pooling SR, colorization, compressive sensing: s = 1 / noise_gain). Operators with a
-        spread of singular values (blur, bicubic SR) override it and damp each one separately."""
-        s = self.top_singular_value(y)     # all nonzero singular values equal
-        back = self.pinv(y)
-        lam = (tau.to(back.dtype) * s).clamp(max=1.0)
-        return lam.view(-1, *[1] * (back.dim() - 1)) * back
+        component carries at sigma_next: the level the sampler is about to hold anyway."""
+        t = tau.to(y.dtype).view(-1, 1, 1, 1)
+        return self.pinv_filtered(y, lambda s: (t * s).clamp(max=1.0) / s)
 
     def top_singular_value(self, y: torch.Tensor) -> float:
         """The largest singular value of A: the component DDNM+ damps last as the level falls
@@ -207,11 +214,12 @@ class _SeparableSVD:
         return vht.mT @ (s2inv * (uh.mT @ y @ uw)) @ vwt
 
     @staticmethod
-    def pinv_damped(m, y, tau):
-        """A^+ y with the coefficient on singular value s scaled by min(1, tau s) (DDNM+, per s)."""
-        uh, vht, uw, vwt, s2, s2inv = m
-        lam = (tau.to(y.dtype).view(-1, *[1] * (y.dim() - 1)) * s2).clamp(max=1.0)
-        return vht.mT @ (lam * s2inv * (uh.mT @ y @ uw)) @ vwt
+    def pinv_filtered(m, y, f):
+        """A^+ y with 1/s replaced by f(s) on every kept singular value (``Operator.pinv_filtered``)."""
+        uh, vht, uw, vwt, s2, _ = m
+        kept = s2 > 0
+        g = torch.where(kept, f(torch.where(kept, s2, 1.0)), 0.0)
+        return vht.mT @ (g * (uh.mT @ y @ uw)) @ vwt
 
 
 def _keys_cubic(t: torch.Tensor, a: float = -0.5) -> torch.Tensor:
@@ -300,10 +308,10 @@ class SuperResolution(Operator):
             return self._upsample(y)
         return _SeparableSVD.pinv(self._svd(y, y.shape[-2] * self.factor, y.shape[-1] * self.factor), y)
 
-    def pinv_damped(self, y, tau):
+    def pinv_filtered(self, y, f):
         if self.mode == "avgpool":
-            return super().pinv_damped(y, tau)
-        return _SeparableSVD.pinv_damped(self._svd(y, y.shape[-2] * self.factor, y.shape[-1] * self.factor), y, tau)
+            return super().pinv_filtered(y, f)
+        return _SeparableSVD.pinv_filtered(self._svd(y, y.shape[-2] * self.factor, y.shape[-1] * self.factor), y, f)
 
     def top_singular_value(self, y):
         if self.mode == "avgpool":
@@ -357,8 +365,8 @@ class GaussianBlur(Operator):
     def pinv(self, y):
         return _SeparableSVD.pinv(self._svd(y, *y.shape[-2:]), y)
 
-    def pinv_damped(self, y, tau):
-        return _SeparableSVD.pinv_damped(self._svd(y, *y.shape[-2:]), y, tau)
+    def pinv_filtered(self, y, f):
+        return _SeparableSVD.pinv_filtered(self._svd(y, *y.shape[-2:]), y, f)
 
     def top_singular_value(self, y):
         return float(self._svd(y, *y.shape[-2:])[4].max())

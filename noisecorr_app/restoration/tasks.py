@@ -11,8 +11,10 @@ from ..settings import Choice, Param
 
 SIGMA_Y = Param("sigma_y", "Measurement noise sigma_y", 0, 0.2, 0.0, "noise std added to the measurement, in "
                 "[0, 1] pixel units", step=0.01, tunable=False, hint="[0, 1] pixel units")
-RESTORE_ETA = Param("eta", "DDIM's eta", 0, 1, 0.85, "fresh noise per step of every method (0.85: DDNM's and "
-                    "the official IterProj's)", tunable=False)
+RESTORE_ETA = Param("eta", "Fresh noise eta", 0, 1, 0.85, "the method's fresh-noise share per step: DDIM's eta in "
+                    "DDNM's form (DDNM, IterProj), DDRM's eta, DiffPIR's zeta", tunable=False)
+PROX_WEIGHT = Param("prox_weight", "DiffPIR lambda", 0.01, 1000, 7.0, "DiffPIR's data-term weight (rho = lambda "
+                    "sigma_y^2 / sigma^2)", tunable=False)
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class TaskSpec:
     operator_keys: tuple = ()        # make_operator's keyword for each param
     tab: str | None = None           # the app's tab and API name, if it has one
     benchmark: str = "default"       # in ``evaluate restoration``: "default", "optional" or "no"
+    shown_as: str = "the measurement mapped back to an image"   # what the "degraded input" picture is
 
     def operator_settings(self, values: dict) -> dict:
         """make_operator keywords from the task's settings (declared defaults for those not given)."""
@@ -34,19 +37,23 @@ SR_FACTOR = Param("factor", "Factor", 2, 8, 4, "block-average factor", step=1, i
                   hint="block average", options=(2, 4, 8))
 TASKS: dict[str, TaskSpec] = {t.name: t for t in (
     TaskSpec("sr", "Super-resolution", "Recover the image from its block averages.", (SR_FACTOR,), ("factor",),
-             tab="super_resolution", benchmark="no"),
+             tab="super_resolution", benchmark="no",
+             shown_as="the measurement: each block's average, repeated over its pixels"),
     TaskSpec("sr2", "Super-resolution x2", "Recover the image from its 2x2 block averages.", benchmark="optional"),
     TaskSpec("sr4", "Super-resolution x4", "Recover the image from its 4x4 block averages."),
     TaskSpec("inpaint", "Inpainting", "Fill in the hidden pixels: draw them with the brush or pick a preset mask.",
              (Choice("mask", "Mask", ("box", "random", "half", "drawn"), "box",
-                     "a preset, or 'drawn' (paint on the image)"),), ("mask",), tab="inpainting"),
+                     "a preset, or 'drawn' (paint on the image)"),), ("mask",), tab="inpainting",
+             shown_as="the kept pixels, the hidden ones grey"),
     TaskSpec("deblur", "Deblur", "Undo a Gaussian blur.",
              (Param("blur_sigma", "Blur sigma", 0.5, 5, 3.0, "Gaussian blur width in pixels", step=0.1,
-                    tunable=False, hint="pixels"),), ("sigma",), tab="deblur"),
-    TaskSpec("colorize", "Colorize", "Recover the colours from the grey image.", tab="colorize"),
+                    tunable=False, hint="pixels"),), ("sigma",), tab="deblur", shown_as="the blurred image"),
+    TaskSpec("colorize", "Colorize", "Recover the colours from the grey image.", tab="colorize",
+             shown_as="the grey image (the mean of the three colours)"),
     TaskSpec("cs", "Compressive sensing", "Recover the image from a random subset of its Walsh-Hadamard coefficients.",
              (Param("cs_ratio", "Measured fraction of coefficients", 0.05, 1, 0.25, "share of the Walsh-Hadamard "
-                    "coefficients measured", step=0.05, tunable=False),), ("ratio",), tab="compressive_sensing"),
+                    "coefficients measured", step=0.05, tunable=False),), ("ratio",), tab="compressive_sensing",
+             shown_as="the image rebuilt from the measured coefficients alone (the others set to zero)"),
 )}
 TABS = {t.tab: t for t in TASKS.values() if t.tab}
 
@@ -55,11 +62,17 @@ TABS = {t.tab: t for t in TASKS.values() if t.tab}
 class RestorationMethod:
     name: str
     title: str
+    rule: str = "ddnm"               # the data step (``restoration.methods.Projected``)
+    iterproj: bool = False           # IterProj's loop: its grids and tail, and the most consistent x0 kept
     inner: str | None = None         # the generation method run inside the loop (methods.METHODS)
+    eta: float = 0.85                # the method's fresh-noise knob (DiffPIR: zeta), its paper's value
+    prox_weight: float | None = None  # DiffPIR's lambda
 
 
 RESTORATION_METHODS: dict[str, RestorationMethod] = {m.name: m for m in (
     RestorationMethod("ddnm", "DDNM"),
-    RestorationMethod("iterproj", "IterProj"),
-    RestorationMethod("iterproj-nlc", "IterProj-NLC", inner="nlc"),
+    RestorationMethod("iterproj", "IterProj", iterproj=True),
+    RestorationMethod("iterproj-nlc", "IterProj-NLC", iterproj=True, inner="nlc"),
+    RestorationMethod("ddrm", "DDRM", rule="ddrm"),
+    RestorationMethod("diffpir", "DiffPIR", rule="diffpir", eta=0.3, prox_weight=7.0),
 )}

@@ -10,7 +10,7 @@ import torch
 
 from ..evaluation.metrics import psnr, ssim
 from ..images import prepare_image, to_pil
-from ..methods import load_estimator_for, restoration_correction
+from ..methods import load_estimator_for, restoration_correction, restoration_settings
 from ..restoration.methods import degrade, restore
 from ..restoration.operators import Inpainting, make_operator, mask_from_image
 from ..restoration.tasks import RESTORATION_METHODS, SIGMA_Y, TABS
@@ -144,8 +144,10 @@ def run_restore(model, req: RestoreRequest, x, op, on_event=None) -> dict:
                 rec.extras["sigma_est"] = estimator.estimate(rec.x).detach().cpu()
             if on_event:
                 on_event((run, rec))
-        jobs[run] = lambda m=m, corr=corr, cb=cb: restore(model, op, y, method=m, steps=req.steps, seed=req.seed,
-                                                          sigma_y=req.sigma_y, correction=corr, progress=cb)
+        knobs = restoration_settings(model, m)      # the method's validated settings for this model
+        jobs[run] = lambda m=m, corr=corr, cb=cb, knobs=knobs: restore(
+            model, op, y, method=m, steps=req.steps, seed=req.seed, sigma_y=req.sigma_y, correction=corr,
+            progress=cb, **knobs)
     out = {"y": y, **side_by_side(jobs, model.device)}
     out["methods"] = {"baseline": "ddnm", "corrected": method}
     return out
@@ -202,7 +204,20 @@ def metrics_markdown(req: RestoreRequest, m: dict) -> str:
             f"{req.steps} steps, seed {req.seed}. PSNR/SSIM against the reference (your image at the model's resolution).")
     if req.note:
         desc += f" Input: {req.note}."
-    return "\n".join([desc, "", *lines])
+    shown = (f"The degraded input is {TABS[req.tab].shown_as}. PSNR and SSIM reward being close on average: "
+             f"a blurry or grey picture that sits between all plausible answers can score higher than a sharp, "
+             f"plausible one whose details differ from your image.")
+    return "\n".join([outcome(names, b, c), "", desc, "", *lines, "", shown])
+
+
+def outcome(names: dict, b: dict, c: dict) -> str:
+    """One sentence with the measured outcome, whichever way it went."""
+    diff = c["psnr"] - b["psnr"]
+    if abs(diff) < 0.05:
+        verdict = f"about the same PSNR as {names[b['method']]}"
+    else:
+        verdict = f"{abs(diff):.2f} dB {'higher' if diff > 0 else 'lower'} PSNR than {names[b['method']]}"
+    return f"**{names[c['method']]} scores {verdict}** ({c['psnr']:.2f} against {b['psnr']:.2f} dB) on this image."
 
 
 def restore_outputs(model, req: RestoreRequest, x, op, res: dict) -> dict:
