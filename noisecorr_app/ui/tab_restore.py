@@ -9,7 +9,7 @@ import gradio as gr
 from . import inputs as checked
 from .common import GPU
 from .plots import CONSISTENCY_Y
-from ..restoration.tasks import SIGMA_Y as NOISE, TABS
+from ..restoration.tasks import SIGMA_Y as NOISE, SIGMA_Y_SHOWN, TABS
 from ..settings import Choice
 from .plots import EPS_Y, SIGMA_Y
 from .restore import EDITOR_SIDE, MAX_STEPS, editor_value, needs_exclusive_restore, parse_restore, preview, \
@@ -63,7 +63,7 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
                                               canvas_size=(EDITOR_SIDE, EDITOR_SIDE), format="png",
                                               label="Paint the pixels to fill in (used when the mask is 'drawn')")
                 drawing.short_name = "Drawing"
-            sigma_y = checked.Slider(NOISE.lo, NOISE.hi, value=NOISE.default, step=NOISE.step,
+            sigma_y = checked.Slider(NOISE.lo, NOISE.hi, value=SIGMA_Y_SHOWN, step=NOISE.step,
                                      label=f"{NOISE.label} ({NOISE.hint})")
             steps = checked.Slider(1, MAX_STEPS, value=20, step=1, label="Steps (network evaluations per method)")
             seed = checked.Number(0, precision=0, minimum=0, label="Seed")
