@@ -204,9 +204,11 @@ def test_bad_input_is_a_message_and_the_server_keeps_serving(client, tmp_path):
 
 def test_model_picker_says_the_hub_is_unreachable_and_keeps_the_model(client, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")            # no network here: fail at once, not after retries
-    text, *_ = client.predict("google/ddpm-cifar10-32", "", api_name="/load_model")
+    text, shown, *_ = client.predict("google/ddpm-cifar10-32", "", api_name="/load_model")
     assert "Hub cannot be reached" in text and "keeps using" in text
     assert "Model:" in text                              # and it still describes the model in use
+    shown = shown.get("value") if isinstance(shown, dict) else shown
+    assert shown == "default"                            # the picker shows the model in use, not the failed one
     text, *_ = client.predict("other", "../../etc/passwd", api_name="/load_model")
     assert "not a Hub repo id" in text
     out = client.predict("c", "ddim", 2, 0, 1, "es", 3.0, 1.0, 1.01, api_name="/generate")

@@ -10,7 +10,7 @@ import gradio as gr
 from ..models.loading import ModelLoadError
 from . import inputs as checked, tab_generate, tab_restore
 from ..restoration.tasks import TABS
-from .state import ANY_CLASS, DEFAULT_KEY, OTHER_KEY, ModelStore, class_choices, correction_choices, \
+from .state import ANY_CLASS, DEFAULT_KEY, OTHER_KEY, PRESET_IDS, ModelStore, class_choices, correction_choices, \
     default_correction, describe, picker_choices, resolve_choice, restoration_plan
 from .wiring import hub_message
 
@@ -73,14 +73,17 @@ def build_demo(model_source=None, device=None) -> gr.Blocks:
                     current = describe(store.get(key))
                 except (ValueError, ModelLoadError) as e2:
                     current = describe(None, str(e2))
-                return [key, f"⚠️ **Could not load that model.** {msg}\n\n{current}"] + [gr.skip()] * (3 + len(plans))
+                # the picker goes back to the model still in use, so it does not show the one that failed
+                shown = key if key in (DEFAULT_KEY, *PRESET_IDS) else OTHER_KEY
+                return [key, f"⚠️ **Could not load that model.** {msg}\n\n{current}", gr.update(value=shown),
+                        gr.update(value="" if shown != OTHER_KEY else key)] + [gr.skip()] * (3 + len(plans))
             ok, _ = correction_choices(new)
-            return ([target, describe(new), gr.update(choices=class_choices(new), value=ANY_CLASS),
+            return ([target, describe(new), gr.skip(), gr.skip(), gr.update(choices=class_choices(new), value=ANY_CLASS),
                      gr.update(choices=ok, value=default_correction(ok, new)), gr.update(value=tab_generate.start_steps(new))]
                     + [restoration_plan(new)[1]] * len(plans))
 
         load.click(pick, [choice, repo, model_key],
-                   [model_key, model_md, gen["class"], gen["correction"], gen["steps"], *plans],
+                   [model_key, model_md, choice, repo, gen["class"], gen["correction"], gen["steps"], *plans],
                    api_name="load_model", concurrency_id="model-loading", concurrency_limit=1)
     demo.queue(default_concurrency_limit=concurrency, max_size=QUEUE_MAX)
     return demo
