@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import evaluate, levels, restore, sample, train
+from . import deploy, evaluate, levels, restore, sample, train
 from .common import UserError
 
 __all__ = ["UserError", "build_parser", "main"]
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     levels.add_parsers(sub, esub)
     restore.add_parser(sub)
+    deploy.add_parser(sub)
     return p
 
 

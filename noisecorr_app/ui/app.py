@@ -90,8 +90,11 @@ def build_demo(model_source=None, device=None) -> gr.Blocks:
 
 
 def launch(demo: gr.Blocks, **kw):
-    """Serve with the app's limits; keyword arguments override (tests pass prevent_thread_lock)."""
-    opts = dict(server_name=os.environ.get("HOST", "127.0.0.1"), server_port=int(os.environ.get("PORT", 7860)),
+    """Serve with the app's limits; keyword arguments override (tests pass prevent_thread_lock). Gradio's own
+    GRADIO_SERVER_NAME / GRADIO_SERVER_PORT come first: a Space sets them (0.0.0.0) and must be obeyed."""
+    env = os.environ.get
+    opts = dict(server_name=env("GRADIO_SERVER_NAME") or env("HOST", "127.0.0.1"),
+                server_port=int(env("GRADIO_SERVER_PORT") or env("PORT", 7860)),
                 max_file_size=MAX_FILE_SIZE, show_error=True)
     opts.update(kw)
     return demo.launch(**opts)

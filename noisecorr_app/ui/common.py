@@ -25,6 +25,10 @@ except Exception:                      # not installed / not on Spaces: a no-op 
     def GPU(fn=None, **_):
         return fn if fn is not None else (lambda f: f)
 
+# ZeroGPU ends a call after its duration (60 s by default): the app's largest request (200 steps, 16
+# images, guidance) can take longer on a shared GPU
+GPU_SECONDS = 180
+
 PREVIEW_SIDE = 128        # generated images are shown at least this many pixels wide (nearest neighbour)
 RESTORE_SIDE = 256        # restoration panels
 BUNDLE_DIR = Path(tempfile.gettempdir()) / "noisecorr_app"

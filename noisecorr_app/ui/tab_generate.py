@@ -6,7 +6,7 @@ import gradio as gr
 from ..methods import FALLBACK_STEPS, METHODS, recommended_run
 from ..sampling.samplers import SAMPLERS
 from . import inputs as checked
-from .common import GPU
+from .common import GPU, GPU_SECONDS
 from .generate import MAX_IMAGES, MAX_STEPS, controls, default_value, followed_cfg_scale, followed_value, \
     generate_outputs, method_controls, needs_exclusive, parse_generate, preview, run_generate
 from .state import ANY_CLASS, class_choices, correction_choices, default_correction
@@ -110,7 +110,7 @@ def build(store, model_key, model, concurrency: int) -> dict:
         yield (b, c), b, c, out["metrics"], out["sigma"], out["leftover"], out["bundle"]
 
     names = ["key", "class_name", "sampler_name", "n_steps", "seed_value", "n_images", "method", *ctrl]
-    go.click(GPU(named(generate, names)), [model_key, cls, sampler, steps, seed, n, correction, *ctrl.values()],
+    go.click(GPU(duration=GPU_SECONDS)(named(generate, names)), [model_key, cls, sampler, steps, seed, n, correction, *ctrl.values()],
              [slider, base, fixed, metrics, sig, left, bundle], api_name="generate",
              concurrency_id=SAMPLING, concurrency_limit=concurrency)
     return {"class": cls, "correction": correction, "steps": steps}

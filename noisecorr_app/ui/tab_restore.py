@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from . import inputs as checked
-from .common import GPU
+from .common import GPU, GPU_SECONDS
 from .plots import CONSISTENCY_Y
 from ..restoration.tasks import SIGMA_Y as NOISE, SIGMA_Y_SHOWN, TABS
 from ..settings import Choice
@@ -109,7 +109,7 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
 
     inputs = [model_key, image, *settings.values(), *([drawing] if drawing is not None else []), sigma_y, steps, seed]
     api = ["key", "image", *settings, *(["drawing"] if drawing is not None else []), "sigma_y", "steps", "seed"]
-    go.click(GPU(named(run, api)), inputs, [ref, degraded, slider, base, fixed, metrics, sig, eps, cons, bundle],
+    go.click(GPU(duration=GPU_SECONDS)(named(run, api)), inputs, [ref, degraded, slider, base, fixed, metrics, sig, eps, cons, bundle],
              api_name=tab, concurrency_id=SAMPLING, concurrency_limit=concurrency)
 
     if drawing is not None:
