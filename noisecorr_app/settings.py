@@ -72,14 +72,15 @@ class Choice:
 STEPS = Param("steps", "Steps", 1, 1000, 20, "sampling steps", step=1, integer=True, tunable=False)
 
 PARAMS: dict[str, Param | Choice] = {p.key: p for p in (
-    Param("nag_scale", "NAG weight w", 0, 20, 3.0, "Noise Awareness Guidance weight: how hard each step is pushed "
+    Param("nag_scale", "Noise Awareness Guidance weight", 0, 20, 3.0, "Noise Awareness Guidance weight: how hard each step is pushed "
           "towards states whose noise matches the schedule (0 = off)", control="nag_weight"),
-    Param("nag_est_scale", "Estimator NAG weight", 0, 20, 10.0, "weight of Noise Awareness Guidance driven by the "
+    Param("nag_est_scale", "Estimator guidance weight", 0, 20, 10.0, "weight of Noise Awareness Guidance driven by the "
           "noise-level estimator", control="nag_weight"),
-    Param("cfg_scale", "CFG scale", 1, 10, 1.0, "classifier-free guidance towards the chosen class (1 = off)",
-          control="cfg_scale", hint="1 = off; needs a class"),
-    Param("es_lambda", "Epsilon-scaling lambda", 0.98, 1.02, 1.005, "epsilon scaling divides the predicted noise "
-          "by this factor", step=0.001, control="es_lambda"),
+    Param("cfg_scale", "Class guidance scale", 1, 10, 1.0, "classifier-free guidance (CFG) towards the chosen "
+          "class: higher makes the class clearer and the images less varied (1 = off)",
+          control="cfg_scale", hint="CFG; 1 = off; needs a class"),
+    Param("es_lambda", "Epsilon-scaling factor", 0.98, 1.02, 1.005, "epsilon scaling divides the noise the "
+          "network predicts by this factor (1 = off)", step=0.001, control="es_lambda", hint="lambda"),
     Param("ts_window", "Time-shift window", 0, 200, 20, "timesteps searched around the scheduled one", step=1,
           integer=True, tunable=False),
     Param("ts_cutoff", "Time-shift cutoff", 0, 999, 300, "no time shift at or below this timestep", step=1,

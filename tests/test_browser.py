@@ -80,7 +80,7 @@ def test_browser_runs_generate_and_a_restoration(url, tmp_path):
             # the NAG weight follows the steps while it shows the model's recommendation, not once set by hand
             page.get_by_role("tab", name="Generate").click()
             steps = page.get_by_label("number input for Steps", exact=True)
-            weight = page.get_by_label("number input for NAG weight w", exact=True)
+            weight = page.get_by_label("number input for Noise Awareness Guidance weight", exact=True)
             assert weight.input_value() == "0.5"
             steps.fill("10")
             steps.press("Enter")
@@ -92,7 +92,7 @@ def test_browser_runs_generate_and_a_restoration(url, tmp_path):
             page.wait_for_timeout(2_000)
             assert weight.input_value() == "2.2"
             # picking a class turns CFG on at the model's recommendation (3); 'any class' turns it off again
-            cfg = page.get_by_label("number input for CFG scale (1 = off; needs a class)", exact=True)
+            cfg = page.get_by_label("number input for Class guidance scale (CFG; 1 = off; needs a class)", exact=True)
             assert cfg.input_value() == "1"
             for name, want in (("b", "3"), ("any class", "1")):
                 page.get_by_label("Class", exact=True).click()

@@ -147,3 +147,19 @@ def test_validated_restoration_settings_are_read_from_the_model_folder(tmp_path,
     (bad / "noisecorr.json").write_text(json.dumps({"restoration": {"ddrm": {"eta": 3}}}))
     with pytest.raises(ValueError, match="noisecorr.json, restoration.ddrm: Fresh noise eta must be"):
         restoration_settings(load_model(bad, device="cpu"), "ddrm")
+
+
+def test_every_option_says_its_default_in_help():
+    import argparse
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from walk(child, path + [name])
+            elif action.default not in (None, False, argparse.SUPPRESS):
+                yield path, action
+
+    missing = [f"{' '.join(path)} {a.option_strings}" for path, a in walk(build_parser(), [])
+               if "default" not in (a.help or "")]
+    assert not missing, missing

@@ -24,7 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
     levels.add_parsers(sub, esub)
     restore.add_parser(sub)
     deploy.add_parser(sub)
+    _show_defaults(p)
     return p
+
+
+def _show_defaults(parser: argparse.ArgumentParser):
+    """Every option's --help line says its default (those written by hand keep their own words)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
+        elif action.default not in (None, False, argparse.SUPPRESS) and "default" not in (action.help or ""):
+            action.help = f"{action.help or ''} (default: %(default)s)".strip()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..restoration.tasks import RESTORATION_METHODS, SIGMA_Y, TASKS
+from ..restoration.tasks import RESTORATION_METHODS, RESTORE_STEPS, SIGMA_Y, TASKS
 from .common import UserError, check_early, load, model_args, param_arg
 
 
@@ -89,7 +89,7 @@ def add_parser(sub):
     r.add_argument("--mask", default=None, help="inpainting: mask image; white (or, with transparency, opaque) "
                                                 "pixels are the missing ones")
     task_args(r)
-    r.add_argument("--steps", type=int, default=100)
+    r.add_argument("--steps", type=int, default=RESTORE_STEPS, help="network evaluations per image (default: %(default)s, as the app)")
     method_args(r)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", required=True)
@@ -97,6 +97,8 @@ def add_parser(sub):
 
 
 def run(a):
+    from tqdm import tqdm
+
     from ..evaluation.metrics import psnr, ssim
     from ..images import open_image, prepare_image, to_pil
     from ..restoration.methods import degrade, restore
@@ -127,8 +129,9 @@ def run(a):
     from ..methods import restoration_settings
 
     knobs = {**restoration_settings(model, a.method), **{k: v for k, v in options.items() if v is not None}}
-    res = restore(model, op, y, method=a.method, steps=a.steps, seed=a.seed, sigma_y=a.sigma_y, correction=correction,
-                  **knobs)
+    with tqdm(total=a.steps, desc=f"{a.method} {a.task}", unit="step") as bar:
+        res = restore(model, op, y, method=a.method, steps=a.steps, seed=a.seed, sigma_y=a.sigma_y,
+                      correction=correction, progress=lambda r: bar.update(1), **knobs)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(a.input).stem

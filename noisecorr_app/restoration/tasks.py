@@ -15,6 +15,7 @@ SIGMA_Y = Param("sigma_y", "Measurement noise sigma_y", 0, 0.2, 0.0, "noise std 
 # differ (without it, at their validated fresh noise, DDNM, DDRM and DiffPIR take the same steps;
 # docs/restoration.md). The CLI restores what it is given (sigma_y 0 unless told).
 SIGMA_Y_SHOWN = 0.05
+RESTORE_STEPS = 20       # network evaluations per restoration, the app's and `restore`'s start (the benchmarks: their own)
 RESTORE_ETA = Param("eta", "Fresh noise eta", 0, 1, 0.85, "the method's fresh-noise share per step: DDIM's eta in "
                     "DDNM's form (DDNM, IterProj), DDRM's eta, DiffPIR's zeta", tunable=False)
 PROX_WEIGHT = Param("prox_weight", "DiffPIR lambda", 0.01, 1000, 7.0, "DiffPIR's data-term weight (rho = lambda "

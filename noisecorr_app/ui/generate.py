@@ -120,7 +120,7 @@ def parse_generate(model, class_name, sampler, steps, seed, n_images, correction
         v = given.get(PARAMS[key].control)
         params[key] = resolved[key] if v is None else PARAMS[key].check(_number(v, PARAMS[key].label))
     cfg_given = given.get("cfg_scale")
-    cfg = PARAMS["cfg_scale"].check(1.0 if cfg_given is None else _number(cfg_given, "CFG scale"))
+    cfg = PARAMS["cfg_scale"].check(1.0 if cfg_given is None else _number(cfg_given, PARAMS["cfg_scale"].label))
     notes = []
     if cfg != 1 and label is None:
         notes.append("CFG needs a class: with 'any class' it is off (scale 1).")

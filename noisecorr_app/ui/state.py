@@ -164,7 +164,7 @@ def correction_choices(model) -> tuple[list[tuple[str, str]], list[str]]:
         if method == "none":
             continue
         if model is not None and spec.available(model):
-            ok.append((f"{method}: {spec.title}", method))
+            ok.append((f"{spec.title} ({method})", method))
         else:
             why = spec.why_unavailable(model) if model is not None else "no model loaded"
             missing.append(f"`{method}` ({spec.title}): {why}")

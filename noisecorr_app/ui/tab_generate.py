@@ -25,7 +25,7 @@ def control_widget(control: str, param, value, visible: bool):
     """A setting's control, made from its declaration (label, range, step)."""
     label = f"{param.label} ({param.hint})" if param.hint else param.label
     return checked.Slider(param.lo, param.hi, value=value, step=param.step, label=label, visible=visible,
-                          elem_id=f"gen-{control}")
+                          info=param.help, elem_id=f"gen-{control}")
 
 
 def build(store, model_key, model, concurrency: int) -> dict:

@@ -9,7 +9,7 @@ import gradio as gr
 from . import inputs as checked
 from .common import GPU, GPU_SECONDS
 from .plots import CONSISTENCY_Y
-from ..restoration.tasks import SIGMA_Y as NOISE, SIGMA_Y_SHOWN, TABS
+from ..restoration.tasks import RESTORE_STEPS, SIGMA_Y as NOISE, SIGMA_Y_SHOWN, TABS
 from ..settings import Choice
 from .plots import EPS_Y, SIGMA_Y
 from .restore import EDITOR_SIDE, MAX_STEPS, editor_value, needs_exclusive_restore, parse_restore, preview, \
@@ -24,12 +24,12 @@ EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.png"))
 # Plots start with no value: one that starts as an empty DataFrame draws no lines when a result
 # arrives (Gradio 6.31 in chromium: axes but invisible lines and no legend).
 def sigma_plot(label="Noise level per step: scheduled vs estimated (log10 sigma)"):
-    return gr.LinePlot(None, x="step", y=SIGMA_Y, color="series",
+    return gr.LinePlot(None, x="step", y=SIGMA_Y, color="series", color_title="run",
                        label=label, x_title="step", y_title="log10 sigma")
 
 
 def eps_plot(label="||eps|| / sqrt(n) per step (1 = the network sees the level it was told)"):
-    return gr.LinePlot(None, x="step", y=EPS_Y, color="series",
+    return gr.LinePlot(None, x="step", y=EPS_Y, color="series", color_title="run",
                        label=label, x_title="step", y_title="||eps||/sqrt(n)")
 
 
@@ -65,7 +65,7 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
                 drawing.short_name = "Drawing"
             sigma_y = checked.Slider(NOISE.lo, NOISE.hi, value=SIGMA_Y_SHOWN, step=NOISE.step,
                                      label=f"{NOISE.label} ({NOISE.hint})")
-            steps = checked.Slider(1, MAX_STEPS, value=20, step=1, label="Steps (network evaluations per method)")
+            steps = checked.Slider(1, MAX_STEPS, value=RESTORE_STEPS, step=1, label="Steps (network evaluations per method)")
             seed = checked.Number(0, precision=0, minimum=0, label="Seed")
             go = gr.Button("Restore", variant="primary")
         with gr.Column(scale=2):
@@ -79,7 +79,7 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
             metrics = gr.Markdown(elem_id=f"{tab}-metrics")
             sig = sigma_plot()        # full width: side by side, Vega clipped the plots to nothing
             eps = eps_plot()
-            cons = gr.LinePlot(None, x="step",
+            cons = gr.LinePlot(None, x="step", color_title="run",
                                y=CONSISTENCY_Y, color="series", x_title="step",
                                y_title="log10 ||A x0 - y||", label="Measurement consistency of each step's x0")
             bundle = gr.File(label="Download: images (PNG) and the run's settings and traces (zip)")
