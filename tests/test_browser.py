@@ -53,7 +53,11 @@ def test_browser_runs_generate_and_a_restoration(url, tmp_path):
             for title in TAB_TITLES:              # every tab opens and shows its run button
                 page.get_by_role("tab", name=title).click()
             page.get_by_role("tab", name="Generate").click()
+            # a finished comparison is on the page before any click (made at start-up, on the tab's settings)
+            expect(page.locator("#gen-metrics")).to_contain_text("Made when the server started")
+            assert [_loaded_image(page, "gen-baseline"), _loaded_image(page, "gen-corrected")] == [4 * 8 * 16] * 2
             page.get_by_role("button", name="Generate", exact=True).click()
+            expect(page.locator("#gen-metrics")).not_to_contain_text("Made when the server started", timeout=90_000)
             expect(page.locator("#gen-metrics")).to_contain_text("network evaluations per image",
                                                                  timeout=90_000)   # the final result
             widths = [_loaded_image(page, "gen-baseline"), _loaded_image(page, "gen-corrected")]

@@ -14,6 +14,7 @@ from .state import ANY_CLASS, class_index
 
 MAX_STEPS = 200
 MAX_IMAGES = 16
+FIRST_RUN_IMAGES = 4             # the tab's starting number of images
 
 
 def controls() -> dict:
@@ -248,9 +249,9 @@ def noise_plots(runs: dict, labels: dict):
     return bands, leftover_figure(left, runs["baseline"].reference) if left else None
 
 
-def generate_outputs(model, req: GenerateRequest, runs: dict) -> dict:
+def generate_outputs(model, req: GenerateRequest, runs: dict, bundle: bool = True) -> dict:
     """Final outputs: upscaled grids (each image captioned with its leftover noise), metrics, figures, the
-    zip bundle."""
+    zip bundle (None without ``bundle``)."""
     scale = scale_for(model.sample_shape[-1], PREVIEW_SIDE)
     labels = {"baseline": "baseline", "corrected": f"corrected ({req.method})"}
     images = {}
@@ -265,4 +266,26 @@ def generate_outputs(model, req: GenerateRequest, runs: dict) -> dict:
     return {"baseline": grid(to_pil(runs["baseline"].images), scale=scale, captions=captions(runs["baseline"])),
             "corrected": grid(to_pil(runs["corrected"].images), scale=scale, captions=captions(runs["corrected"])),
             "metrics": metrics_markdown(req, runs), "sigma": bands, "leftover": leftover,
-            "bundle": write_bundle("generate", images, meta), "meta": meta}
+            "bundle": write_bundle("generate", images, meta) if bundle else None, "meta": meta}
+
+
+FIRST_RUN_MAX_SIDE = 64          # a larger model takes minutes per image on a CPU: no run at start-up
+_first_runs: dict = {}
+
+
+def first_comparison(model, method: str | None, steps: int) -> dict | None:
+    """The tab's own defaults, run once per model when the app is built, so that a visitor sees a finished
+    comparison before clicking anything. None for large models, or if the run fails (the tab then
+    starts empty; the failure shows when the visitor runs it)."""
+    if model is None or method is None or model.sample_shape[-1] > FIRST_RUN_MAX_SIDE:
+        return None
+    key = (model.name, model.info.get("folder"), method, steps)
+    if key not in _first_runs:
+        try:
+            req = parse_generate(model, ANY_CLASS, "ddim", steps, 0, FIRST_RUN_IMAGES, method)
+            _first_runs[key] = generate_outputs(model, req, run_generate(model, req), bundle=False)
+        except Exception:            # a model that cannot run its own defaults: say so on the first click
+            _first_runs[key] = None
+        while len(_first_runs) > 4:
+            _first_runs.pop(next(iter(_first_runs)))
+    return _first_runs[key]

@@ -7,10 +7,11 @@ from ..methods import FALLBACK_STEPS, METHODS, recommended_run
 from ..sampling.samplers import SAMPLERS
 from . import inputs as checked
 from .common import GPU, GPU_SECONDS
-from .generate import MAX_IMAGES, MAX_STEPS, controls, default_value, followed_cfg_scale, followed_value, \
-    generate_outputs, method_controls, needs_exclusive, parse_generate, preview, run_generate
+from .generate import FIRST_RUN_IMAGES, MAX_IMAGES, MAX_STEPS, controls, default_value, first_comparison, \
+    followed_cfg_scale, followed_value, generate_outputs, method_controls, needs_exclusive, parse_generate, preview, \
+    run_generate
 from .state import ANY_CLASS, class_choices, correction_choices, default_correction
-from .wiring import SAMPLING, named, png, run_streamed, session_model, user_error
+from .wiring import SAMPLING, named, seed_box, png, run_streamed, session_model, user_error
 
 
 def start_steps(model) -> int:
@@ -38,25 +39,31 @@ def build(store, model_key, model, concurrency: int) -> dict:
             cls = checked.Dropdown(class_choices(model), value=ANY_CLASS, label="Class", allow_custom_value=True)
             sampler = checked.Dropdown(list(SAMPLERS), value="ddim", label="Sampler", allow_custom_value=True)
             steps = checked.Slider(1, MAX_STEPS, value=start, step=1, label="Steps")
-            seed = checked.Number(0, precision=0, minimum=0, label="Seed")
-            n = checked.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
+            seed = seed_box()
+            n = checked.Slider(1, MAX_IMAGES, value=FIRST_RUN_IMAGES, step=1, label="Number of images")
             correction = checked.Dropdown(ok, value=first, label="Correction to compare with the baseline",
                                           allow_custom_value=True)
             shown = method_controls(first) if first else []
             ctrl = {c: control_widget(c, p, _start_value(first, c, model, start), c == "cfg_scale" or c in shown)
                     for c, p in controls().items()}
             go = gr.Button("Generate", variant="primary")
+        # a finished comparison on the tab's own settings, made once at start-up: something to see at once
+        pre = first_comparison(model, first, start) or {}
+        said = ("*Made when the server started, with the settings shown: press Generate for your own.*\n\n"
+                if pre else "")
         with gr.Column(scale=2):
-            slider = gr.ImageSlider(label="baseline | corrected (drag)", format="png", type="pil")
+            slider = gr.ImageSlider(value=(pre["baseline"], pre["corrected"]) if pre else None,
+                                    label="baseline | corrected (drag)", format="png", type="pil")
             with gr.Row():
-                base = gr.Image(label="Baseline", format="png", type="pil", elem_id="gen-baseline")
-                fixed = gr.Image(label="Corrected", format="png", type="pil", elem_id="gen-corrected")
-            metrics = gr.Markdown(elem_id="gen-metrics")
+                base = gr.Image(pre.get("baseline"), label="Baseline", format="png", type="pil", elem_id="gen-baseline")
+                fixed = gr.Image(pre.get("corrected"), label="Corrected", format="png", type="pil",
+                                 elem_id="gen-corrected")
+            metrics = gr.Markdown(said + pre.get("metrics", ""), elem_id="gen-metrics")
             # the figures carry their own titles: Gradio's label box would cover them
-            sig = gr.Plot(label="Noise at each step, relative to the schedule", show_label=False, format="png",
-                          elem_id="gen-levels")
-            left = gr.Plot(label="Noise left in each final image", show_label=False, format="png",
-                           elem_id="gen-leftover")
+            sig = gr.Plot(pre.get("sigma"), label="Noise at each step, relative to the schedule", show_label=False,
+                          format="png", elem_id="gen-levels")
+            left = gr.Plot(pre.get("leftover"), label="Noise left in each final image", show_label=False,
+                           format="png", elem_id="gen-leftover")
             bundle = gr.File(label="Download: images (PNG) and the run's settings and traces (zip)")
 
     switched = [c for c in ctrl if c != "cfg_scale"]       # the controls that belong to a method

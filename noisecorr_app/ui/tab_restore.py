@@ -15,7 +15,7 @@ from .plots import EPS_Y, SIGMA_Y
 from .restore import EDITOR_SIDE, MAX_STEPS, editor_value, needs_exclusive_restore, parse_restore, preview, \
     restore_outputs, run_restore
 from .state import restoration_plan
-from .wiring import SAMPLING, named, png, run_streamed, session_model, user_error
+from .wiring import SAMPLING, named, seed_box, png, run_streamed, session_model, user_error
 
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.png"))
 
@@ -66,7 +66,7 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
             sigma_y = checked.Slider(NOISE.lo, NOISE.hi, value=SIGMA_Y_SHOWN, step=NOISE.step,
                                      label=f"{NOISE.label} ({NOISE.hint})")
             steps = checked.Slider(1, MAX_STEPS, value=RESTORE_STEPS, step=1, label="Steps (network evaluations per method)")
-            seed = checked.Number(0, precision=0, minimum=0, label="Seed")
+            seed = seed_box()
             go = gr.Button("Restore", variant="primary")
         with gr.Column(scale=2):
             with gr.Row():

@@ -88,6 +88,21 @@ def run_streamed(fn, args, total: int, progress, desc: str, on_preview):
         gen.close()
 
 
+def seed_box():
+    """The Seed box and a button that puts a new random seed in it: the seed a run used is always the
+    one shown, so any run can be repeated."""
+    import random
+
+    from . import inputs as checked
+
+    with gr.Row(equal_height=True):
+        seed = checked.Number(0, precision=0, minimum=0, label="Seed", scale=3,
+                              info="the same seed gives the same images")
+        dice = gr.Button("New random seed", size="sm", scale=1)
+    dice.click(lambda: random.randrange(2 ** 31), None, seed, api_visibility="private", queue=False)
+    return seed
+
+
 def named(fn, names: list[str]):
     """``fn(*values, progress=...)`` with a signature naming each input: Gradio reads it to name the
     endpoint's arguments (inputs made from declarations have no fixed list of parameters)."""
