@@ -65,6 +65,7 @@ class MethodSpec:
     needs: tuple[str, ...] = ()                # keys of NEEDS
     exclusive: bool = False                    # reads the shared network's features through a hook
     in_restoration: bool = False               # can sit inside a restoration's projection loop
+    nfe: float = 1.0                           # network evaluations per image and step (guidance batches 2)
 
     def available(self, model) -> bool:
         return all(NEEDS[n].has(model) for n in self.needs)
@@ -106,9 +107,9 @@ for _spec in (
     MethodSpec("none", "baseline sampler", lambda run: MethodSetup(Correction()), in_restoration=True),
     MethodSpec("nag+nlc-est", "Noise Awareness Guidance, then the estimator's level correction on the final step",
                lambda run: MethodSetup(EstimatedLevel(run.estimator()), _nag(run)), ("nag_scale",),
-               ("estimator", "null-noise")),
+               ("estimator", "null-noise"), nfe=2.0),
     MethodSpec("nag", "Noise Awareness Guidance, classifier-free (model trained with noise-condition dropout)",
-               lambda run: MethodSetup(Correction(), _nag(run)), ("nag_scale",), ("null-noise",)),
+               lambda run: MethodSetup(Correction(), _nag(run)), ("nag_scale",), ("null-noise",), nfe=2.0),
     MethodSpec("nlc", "Noise Level Correction (trained r_theta)", _nlc, ("nlc_mode",), ("nlc",), exclusive=True),
     MethodSpec("nlc-est", "Noise Level Correction read by the noise-level estimator (on the final step)",
                lambda run: MethodSetup(EstimatedLevel(run.estimator())), (), ("estimator",)),

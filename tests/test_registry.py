@@ -163,3 +163,16 @@ def test_every_option_says_its_default_in_help():
     missing = [f"{' '.join(path)} {a.option_strings}" for path, a in walk(build_parser(), [])
                if "default" not in (a.help or "")]
     assert not missing, missing
+
+
+def test_a_request_that_would_hold_the_server_for_minutes_is_refused():
+    """The app's cost cap counts both runs' network evaluations (methods declare theirs: NAG batches two)."""
+    from noisecorr_app.ui.generate import parse_generate, request_budget
+
+    model = load_model(device="cpu")                       # the embedded 32x32 model
+    budget = request_budget(model)
+    assert parse_generate(model, "any class", "ddim", 10, 0, 4, "nag+nlc-est").n == 4
+    with pytest.raises(ValueError, match=r"^This request needs about 19,200 network evaluations .* fewer images or steps"):
+        parse_generate(model, "any class", "edm", 200, 0, 16, "nag")      # 16 x 200 x 2 (Heun) x (1 + 2)
+    assert 16 * 200 * 2 * 3 > budget >= 16 * 100 * 3                     # half the steps, plain DDIM: accepted
+    parse_generate(model, "any class", "ddim", 100, 0, 16, "nag")

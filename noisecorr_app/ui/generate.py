@@ -15,6 +15,10 @@ from .state import ANY_CLASS, class_index
 MAX_STEPS = 200
 MAX_IMAGES = 16
 FIRST_RUN_IMAGES = 4             # the tab's starting number of images
+# What one request may cost: network evaluations of one image (both runs together), about a minute on
+# 2 CPU cores for a 32x32 model (6 ms each, batched); fewer for larger images, 20x more on a GPU.
+CPU_BUDGET, GPU_FACTOR = 8000, 20
+SAMPLER_NFE = {"edm": 2.0}       # Heun: two evaluations per step
 
 
 def controls() -> dict:
@@ -128,8 +132,26 @@ def parse_generate(model, class_name, sampler, steps, seed, n_images, correction
         cfg = 1.0
     if cfg != 1 and not model.supports_null_label:
         raise ValueError("classifier-free guidance needs a class-conditional model with a null class; set CFG to 1")
+    check_cost(model, n, steps, sampler, correction, cfg)
     return GenerateRequest(sampler, steps, seed, n, label, ANY_CLASS if label is None else str(class_name),
                            correction, params, cfg, notes)
+
+
+def request_budget(model) -> int:
+    """Network evaluations (of one image) one request may spend on this model and device."""
+    c, h, w = model.sample_shape
+    budget = CPU_BUDGET * 1024 / (h * w)
+    return int(budget * (GPU_FACTOR if model.device.type != "cpu" else 1))
+
+
+def check_cost(model, n: int, steps: int, sampler: str, method: str, cfg: float):
+    """Refuse, in one sentence, a request that would hold the server for minutes (both runs counted)."""
+    per_step = SAMPLER_NFE.get(sampler, 1.0) * (2 if cfg != 1 else 1)
+    cost = int(n * steps * per_step * (1 + METHODS[method].nfe))
+    budget = request_budget(model)
+    if cost > budget:
+        raise ValueError(f"This request needs about {cost:,} network evaluations (both runs), more than one request "
+                         f"may use on this server ({budget:,}, about a minute): use fewer images or steps.")
 
 
 def _number(value, name: str) -> float:
