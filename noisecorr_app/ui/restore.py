@@ -194,10 +194,12 @@ def metrics_markdown(req: RestoreRequest, m: dict) -> str:
     names = {k: m.title for k, m in RESTORATION_METHODS.items()}
     head = f"| | degraded input | baseline: {names[b['method']]} | corrected: {names[c['method']]} |"
     lines = [head, "|---|---|---|---|",
-             f"| PSNR (dB) ↑ | {d['psnr']:.2f} | {b['psnr']:.2f} | {c['psnr']:.2f} |",
-             f"| SSIM ↑ | {_fmt(d['ssim'], '.4f')} | {_fmt(b['ssim'], '.4f')} | {_fmt(c['ssim'], '.4f')} |",
-             f"| consistency \\|\\|A x − y\\|\\| ↓ | – | {b['consistency']:.2e} | {c['consistency']:.2e} |",
-             f"| NFE / image | – | {b['nfe_per_image']:g} | {c['nfe_per_image']:g} |",
+             f"| closeness to your image, PSNR (dB) ↑ | {d['psnr']:.2f} | {b['psnr']:.2f} | {c['psnr']:.2f} |",
+             f"| similarity of structure, SSIM ↑ | {_fmt(d['ssim'], '.4f')} | {_fmt(b['ssim'], '.4f')} | "
+             f"{_fmt(c['ssim'], '.4f')} |",
+             f"| mismatch with the measurement (consistency), \\|\\|A x − y\\|\\| ↓ | – | {b['consistency']:.2e} | "
+             f"{c['consistency']:.2e} |",
+             f"| network evaluations per image | – | {b['nfe_per_image']:g} | {c['nfe_per_image']:g} |",
              f"| seconds | – | {b['seconds']:.1f} | {c['seconds']:.1f} |"]
     settings = ", ".join(f"{k} {v}" for k, v in req.settings.items())
     desc = (f"{TABS[req.tab].title}" + (f" ({settings})" if settings else "") + f", measurement noise σ_y = {req.sigma_y:g}, "
