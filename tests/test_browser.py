@@ -83,6 +83,7 @@ def test_browser_runs_generate_and_a_restoration(url, tmp_path):
             expect(plot.locator(".role-legend").first).to_be_attached(timeout=30_000)
             # the NAG weight follows the steps while it shows the model's recommendation, not once set by hand
             page.get_by_role("tab", name="Generate").click()
+            page.get_by_text("Advanced: sampler and weights").click()       # the research knobs are folded
             steps = page.get_by_label("number input for Steps", exact=True)
             weight = page.get_by_label("number input for Noise Awareness Guidance weight", exact=True)
             assert weight.input_value() == "0.5"
@@ -109,3 +110,59 @@ def test_browser_runs_generate_and_a_restoration(url, tmp_path):
         finally:
             browser.close()
     assert not errors, f"script errors on the page: {errors}"
+
+
+@pytest.fixture(scope="module")
+def default_url():
+    from noisecorr_app.ui.app import build_demo, launch
+
+    demo = build_demo()                       # the embedded model: it has the noise-level estimator
+    launch(demo, prevent_thread_lock=True, server_port=None, quiet=True)
+    yield demo.local_url
+    demo.close()
+
+
+def test_the_first_screen_and_the_numbers_agree_with_the_runs_json(default_url):
+    """A finished comparison is on the page before any click; after Generate on the defaults, the outcome
+    sentence and the table say what the run's own JSON (in its download) holds, per image included."""
+    import io
+    import json
+    import re
+    import zipfile
+
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.set_default_timeout(60_000)
+            page.goto(default_url, wait_until="load", timeout=120_000)
+            metrics = page.locator("#gen-metrics")
+            expect(metrics).to_contain_text("Made when the server started", timeout=120_000)
+            assert _loaded_image(page, "gen-baseline") > 0 and _loaded_image(page, "gen-corrected") > 0
+            page.get_by_role("button", name="Generate", exact=True).click()
+            expect(metrics).not_to_contain_text("Made when the server started", timeout=120_000)
+            expect(metrics).to_contain_text("leftover noise", timeout=120_000)
+            link = page.locator("#gen-bundle a").first
+            link.wait_for(timeout=60_000)
+            href = link.get_attribute("href")
+            url = href if href.startswith("http") else default_url.rstrip("/") + "/" + href.lstrip("/")
+            run = json.loads(zipfile.ZipFile(io.BytesIO(page.request.get(url).body())).read("run.json"))
+            text = metrics.inner_text()
+        finally:
+            browser.close()
+    b, c = run["metrics"]["baseline"], run["metrics"]["corrected"]
+    # the sentence: "... (median 0.016 against 0.090; ...)"
+    median_c, median_b = map(float, re.search(r"median ([\d.]+) against ([\d.]+)", text).groups())
+    assert (median_c, median_b) == (round(c["leftover_median"], 3), round(b["leftover_median"], 3))
+    # the table rows, and the per-image readings behind them
+    worst = re.search(r"noise left, worst image ↓\s+([\d.]+)\s+([\d.]+)", text).groups()
+    per_image = {k: run["traces"][k]["leftover_per_image"] for k in ("baseline", "corrected")}
+    assert float(worst[0]) == round(max(per_image["baseline"]), 3) and float(worst[1]) == round(max(per_image["corrected"]), 3)
+    noisy = re.search(r"Noisier than 9 in 10 real photos: (\d+) of (\d+) baseline images, (\d+) of \d+ corrected", text)
+    p90 = b["real_p90"]
+    assert int(noisy.group(1)) == sum(v > p90 for v in per_image["baseline"])
+    assert int(noisy.group(3)) == sum(v > p90 for v in per_image["corrected"])
+    assert int(noisy.group(2)) == len(per_image["baseline"]) == run["request"]["n"]

@@ -176,3 +176,36 @@ def test_a_request_that_would_hold_the_server_for_minutes_is_refused():
         parse_generate(model, "any class", "edm", 200, 0, 16, "nag")      # 16 x 200 x 2 (Heun) x (1 + 2)
     assert 16 * 200 * 2 * 3 > budget >= 16 * 100 * 3                     # half the steps, plain DDIM: accepted
     parse_generate(model, "any class", "ddim", 100, 0, 16, "nag")
+
+
+def test_every_method_setting_and_metric_shown_has_plain_words():
+    """What a visitor reads is words first: each correction by what it does (its code second), each control
+    with a sentence of help, each table row starting with words and marked better-up or better-down."""
+    import re
+
+    from noisecorr_app.restoration.tasks import TASKS as RESTORE_TASKS
+    from noisecorr_app.ui.generate import controls, first_comparison
+    from noisecorr_app.ui.restore import parse_restore, restore_outputs, run_restore
+    from noisecorr_app.ui.state import correction_choices
+
+    model = load_model(device="cpu")
+    for label, code in correction_choices(model)[0]:
+        assert label.endswith(f"({code})") and len(label[: -len(code) - 2].split()) >= 3, label
+    for control, param in controls().items():
+        assert len(param.help.split()) >= 4, control
+    for task in RESTORE_TASKS.values():
+        assert len(task.description.split()) >= 4 and task.shown_as, task.name
+    for method in RESTORATION_METHODS.values():
+        assert method.title, method.name
+
+    def rows(markdown):
+        return [re.split(r"(?<!\\)\|", line)[1].strip() for line in markdown.splitlines()
+                if line.startswith("|") and not set(line) <= set("|-") and "baseline" not in line]
+
+    gen = first_comparison(model, "nag+nlc-est", 10)["metrics"]
+    req, x, op = parse_restore(model, "deblur", "noisecorr_app/ui/examples/cifar10_cat.png", 0.05, 2, 0)
+    rest = restore_outputs(model, req, x, op, run_restore(model, req, x, op))["metrics"]
+    for row in rows(gen) + rows(rest):
+        assert re.match(r"^[a-z]", row), row                       # words first, symbols after
+        counts = ("network evaluations", "seconds")
+        assert row.startswith(counts) or "↓" in row or "↑" in row, row

@@ -205,7 +205,7 @@ def describe(model, error: str | None = None) -> str:
     trained = f", trained {info['trained_steps']} steps" if "trained_steps" in info else ""
     ok, missing = correction_choices(model)
     lines = [f"**Model:** {model.name} · {w}x{h}, {c} channels, {cls}{trained} · device `{model.device}`",
-             "**Corrections:** " + ", ".join(f"`{k}`" for _, k in ok)]
+             "**Corrections this model can run:** " + "; ".join(label for label, _ in ok)]
     if missing:
         lines.append("**Not available for this model:** " + "; ".join(missing))
     if h >= 128 and model.device.type == "cpu":

@@ -37,15 +37,18 @@ def build(store, model_key, model, concurrency: int) -> dict:
     with gr.Row():
         with gr.Column(scale=1, min_width=260):
             cls = checked.Dropdown(class_choices(model), value=ANY_CLASS, label="Class", allow_custom_value=True)
-            sampler = checked.Dropdown(list(SAMPLERS), value="ddim", label="Sampler", allow_custom_value=True)
-            steps = checked.Slider(1, MAX_STEPS, value=start, step=1, label="Steps")
+            steps = checked.Slider(1, MAX_STEPS, value=start, step=1, label="Steps",
+                                   info="denoising steps: fewer is faster and leaves more noise")
             seed = seed_box()
             n = checked.Slider(1, MAX_IMAGES, value=FIRST_RUN_IMAGES, step=1, label="Number of images")
             correction = checked.Dropdown(ok, value=first, label="Correction to compare with the baseline",
                                           allow_custom_value=True)
-            shown = method_controls(first) if first else []
-            ctrl = {c: control_widget(c, p, _start_value(first, c, model, start), c == "cfg_scale" or c in shown)
-                    for c, p in controls().items()}
+            with gr.Accordion("Advanced: sampler and weights", open=False):     # research knobs
+                sampler = checked.Dropdown(list(SAMPLERS), value="ddim", label="Sampler", allow_custom_value=True,
+                                           info="the step rule: DDIM, DDPM, EDM (Heun) or DPM-Solver++")
+                shown = method_controls(first) if first else []
+                ctrl = {c: control_widget(c, p, _start_value(first, c, model, start), c == "cfg_scale" or c in shown)
+                        for c, p in controls().items()}
             go = gr.Button("Generate", variant="primary")
         # a finished comparison on the tab's own settings, made once at start-up: something to see at once
         pre = first_comparison(model, first, start) or {}
@@ -64,7 +67,7 @@ def build(store, model_key, model, concurrency: int) -> dict:
                           format="png", elem_id="gen-levels")
             left = gr.Plot(pre.get("leftover"), label="Noise left in each final image", show_label=False,
                            format="png", elem_id="gen-leftover")
-            bundle = gr.File(label="Download: images (PNG) and the run's settings and traces (zip)")
+            bundle = gr.File(label="Download: images (PNG) and the run's settings and traces (zip)", elem_id="gen-bundle")
 
     switched = [c for c in ctrl if c != "cfg_scale"]       # the controls that belong to a method
 
