@@ -36,13 +36,16 @@ def build(store, model_key, model, concurrency: int) -> dict:
     start = start_steps(model)
     with gr.Row():
         with gr.Column(scale=1, min_width=260):
-            cls = checked.Dropdown(class_choices(model), value=ANY_CLASS, label="Class", allow_custom_value=True)
+            cls = checked.Dropdown(class_choices(model), value=ANY_CLASS, label="Class", allow_custom_value=True,
+                                   info="what the images should show ('any class': the model chooses)")
             steps = checked.Slider(1, MAX_STEPS, value=start, step=1, label="Steps",
                                    info="denoising steps: fewer is faster and leaves more noise")
             seed = seed_box()
-            n = checked.Slider(1, MAX_IMAGES, value=FIRST_RUN_IMAGES, step=1, label="Number of images")
+            n = checked.Slider(1, MAX_IMAGES, value=FIRST_RUN_IMAGES, step=1, label="Number of images",
+                               info="each run makes this many, from the same starting noise")
             correction = checked.Dropdown(ok, value=first, label="Correction to compare with the baseline",
-                                          allow_custom_value=True)
+                                          allow_custom_value=True,
+                                          info="run beside the plain sampler (the baseline) from the same seeds")
             with gr.Accordion("Advanced: sampler and weights", open=False):     # research knobs
                 sampler = checked.Dropdown(list(SAMPLERS), value="ddim", label="Sampler", allow_custom_value=True,
                                            info="the step rule: DDIM, DDPM, EDM (Heun) or DPM-Solver++")

@@ -36,11 +36,12 @@ def eps_plot(label="||eps|| / sqrt(n) per step (1 = the network sees the level i
 def setting_widget(param):
     """A task setting's control, made from its declaration."""
     if isinstance(param, Choice):
-        return checked.Radio(list(param.options), value=param.default, label=f"{param.label}: {param.help}")
+        return checked.Radio(list(param.options), value=param.default, label=f"{param.label}: {param.help}",
+                             info="which pixels are hidden")
     label = f"{param.label} ({param.hint})" if param.hint else param.label
     if param.options:
-        return checked.Radio(list(param.options), value=param.default, label=label)
-    return checked.Slider(param.lo, param.hi, value=param.default, step=param.step, label=label)
+        return checked.Radio(list(param.options), value=param.default, label=label, info=param.help)
+    return checked.Slider(param.lo, param.hi, value=param.default, step=param.step, label=label, info=param.help)
 
 
 def build(store, model_key, model, concurrency: int, tab: str) -> dict:
@@ -64,8 +65,9 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
                                               label="Paint the pixels to fill in (used when the mask is 'drawn')")
                 drawing.short_name = "Drawing"
             sigma_y = checked.Slider(NOISE.lo, NOISE.hi, value=SIGMA_Y_SHOWN, step=NOISE.step,
-                                     label=f"{NOISE.label} ({NOISE.hint})")
-            steps = checked.Slider(1, MAX_STEPS, value=RESTORE_STEPS, step=1, label="Steps (network evaluations per method)")
+                                     label=f"{NOISE.label} ({NOISE.hint})", info=NOISE.help)
+            steps = checked.Slider(1, MAX_STEPS, value=RESTORE_STEPS, step=1, label="Steps (network evaluations per method)",
+                                   info="more steps: slower, usually sharper")
             seed = seed_box()
             go = gr.Button("Restore", variant="primary")
         with gr.Column(scale=2):
