@@ -49,3 +49,34 @@ def test_launch_obeys_the_space_host_and_port(monkeypatch):
     monkeypatch.delenv("HOST", raising=False)
     monkeypatch.delenv("PORT", raising=False)
     assert launch(Demo())["server_name"] == "127.0.0.1"
+
+
+def test_the_cli_never_replaces_earlier_results_silently(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "imgs"
+    args = ["sample", "--model", str(tiny_model_dir), "--steps", "2", "--n", "2", "--method", "none",
+            "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    first = (out / "seed000000.png").read_bytes()
+    capsys.readouterr()
+    assert main(args + ["--seed", "1"]) == 2                      # seed000001.png is there already
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "seed000000.png").read_bytes() == first
+    assert main(args + ["--overwrite"]) == 0
+    (tmp_path / "afile").write_text("x")
+    assert main(args[:-4] + ["--out", str(tmp_path / "afile"), "--device", "cpu"]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_concurrent_cache_writes_do_not_collide(tmp_path):
+    """Two writers of one cache file each write their own temporary file, then rename it into place."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from noisecorr_app.extras.storage import atomic_write
+
+    target = tmp_path / "cache.npz"
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: atomic_write(target, lambda t: np.savez(t, x=np.full(100_000, i)), suffix=".npz"),
+                      range(16)))
+    assert len(set(np.load(target)["x"])) == 1 and not [p for p in tmp_path.iterdir() if p != target]

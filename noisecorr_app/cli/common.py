@@ -143,6 +143,20 @@ def sampler_options(a) -> dict:
 
 
 # -- lists and result files -------------------------------------------------------------------------
+def free_folder(folder, names: list[str], overwrite: bool = False) -> Path:
+    """The output folder, made; refused (before any work) if it is a file, or if it already holds files
+    of these names and ``overwrite`` was not asked for: earlier results are never replaced silently."""
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: give a folder for the images")
+    taken = [n for n in names if (out / n).exists()]
+    if taken and not overwrite:
+        raise UserError(f"--out {out} already holds {len(taken)} of these files ({taken[0]}, ...): choose another "
+                        f"folder, or pass --overwrite to replace them")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def ints(text: str, what: str, lo: int, hi: int) -> list[int]:
     try:
         vals = [int(v) for v in text.split(",") if v.strip()]

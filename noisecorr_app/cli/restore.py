@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..restoration.tasks import RESTORATION_METHODS, RESTORE_STEPS, SIGMA_Y, TASKS
-from .common import UserError, check_early, load, model_args, param_arg
+from .common import UserError, check_early, free_folder, load, model_args, param_arg
 
 
 def task_args(p, tasks=None):
@@ -92,7 +92,8 @@ def add_parser(sub):
     r.add_argument("--steps", type=int, default=RESTORE_STEPS, help="network evaluations per image (default: %(default)s, as the app)")
     method_args(r)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--out", required=True)
+    r.add_argument("--out", required=True, help="folder for the measured, restored and reference PNGs")
+    r.add_argument("--overwrite", action="store_true", help="replace files of the same names already in --out")
     r.set_defaults(func=run)
 
 
@@ -115,6 +116,9 @@ def run(a):
     if a.mask and a.task != "inpaint":
         raise UserError(f"--mask is for --task inpaint, not {a.task}")
     mask = open_image(a.mask, "mask") if a.mask else None       # before the model: a bad file fails fast
+    stem = Path(a.input).stem
+    out = free_folder(a.out, [f"{stem}_{a.task}_measured.png", f"{stem}_{a.task}_{a.method}.png",
+                              f"{stem}_reference.png"], a.overwrite)
     model = load(a)
     size = model.sample_shape[-1]
     x, note = prepare_image(a.input, size)
@@ -132,9 +136,6 @@ def run(a):
     with tqdm(total=a.steps, desc=f"{a.method} {a.task}", unit="step") as bar:
         res = restore(model, op, y, method=a.method, steps=a.steps, seed=a.seed, sigma_y=a.sigma_y,
                       correction=correction, progress=lambda r: bar.update(1), **knobs)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = Path(a.input).stem
     to_pil(op.view(y))[0].save(out / f"{stem}_{a.task}_measured.png")
     to_pil(res.images)[0].save(out / f"{stem}_{a.task}_{a.method}.png")
     to_pil(x)[0].save(out / f"{stem}_reference.png")

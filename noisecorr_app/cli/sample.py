@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import UserError, check_early, class_index, load, method_args, method_kwargs, model_args, param_arg, \
-    sampler_options
+from .common import UserError, check_early, class_index, free_folder, load, method_args, method_kwargs, model_args, \
+    param_arg, sampler_options
 
 
 def add_parser(sub):
@@ -26,6 +26,7 @@ def add_parser(sub):
     method_args(sp, recommended=True)
     sp.add_argument("--batch-size", type=int, default=16)
     sp.add_argument("--out", required=True, help="folder for the PNG images")
+    sp.add_argument("--overwrite", action="store_true", help="replace images of the same names already in --out")
     sp.add_argument("--trace", default=None, help="write per-step records (sigma, eps norm, NFE) to this JSON file")
     sp.set_defaults(func=run)
 
@@ -55,12 +56,11 @@ def run(a):
     if a.n < 1 or a.n > 10_000:
         raise UserError("--n must be between 1 and 10000")
     check_early(a)
+    out = free_folder(a.out, [f"seed{a.seed + i:06d}.png" for i in range(a.n)], a.overwrite)   # before any work
     model = load(a)
     label = class_index(model, a.class_)
     pick_recommended(a, model)
     method_kw = method_kwargs(a, model)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     results = []
     with tqdm(total=a.n * a.steps, desc=f"{a.sampler} {a.steps} steps", unit="step") as bar:
         for start in range(0, a.n, a.batch_size):

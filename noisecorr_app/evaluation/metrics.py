@@ -178,9 +178,10 @@ def reference_features(classifier, data: str | Path | None = None, split: str | 
         return ReferenceFeatures(z["features"], z["labels"], [str(c) for c in z["class_names"]], source)
     ds = load_images(path, split=split, size=image_size)
     feats = extract_features(classifier, ds.images, batch_size, progress, desc=f"reference features ({source})")
-    tmp = cached.with_suffix(".tmp.npz")
-    np.savez(tmp, features=feats.astype(np.float32), labels=ds.labels, class_names=np.array(ds.class_names))
-    tmp.replace(cached)
+    from ..extras.storage import atomic_write
+
+    atomic_write(cached, lambda tmp: np.savez(tmp, features=feats.astype(np.float32), labels=ds.labels,
+                                              class_names=np.array(ds.class_names)), suffix=".npz")
     return ReferenceFeatures(feats.astype(np.float32), ds.labels, list(ds.class_names), source)
 
 

@@ -43,3 +43,22 @@ def file_sha1(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def atomic_write(path: str | Path, write, suffix: str = "") -> Path:
+    """``write(tmp)`` to a temporary file of its own beside ``path``, then renamed into place: a reader
+    never sees half a file, and two processes writing the same file at once do not collide."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..extras.storage import file_sha1
+from ..extras.storage import atomic_write, file_sha1
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DEFAULT_CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10" / "CIFAR-10-images-jpeg.tar.gz"
@@ -119,9 +119,8 @@ def load_images(path: str | Path, split: str | None = None, size: int | None = N
     labels = np.array([class_names.index(n) for n in names], dtype=np.int64)
     out = ImageSet(np.stack(arrays), labels, class_names)
     if use_cache:
-        tmp = cached.with_suffix(".tmp.npz")
-        np.savez(tmp, images=out.images, labels=out.labels, class_names=np.array(class_names))
-        tmp.replace(cached)
+        atomic_write(cached, lambda tmp: np.savez(tmp, images=out.images, labels=out.labels,
+                                                  class_names=np.array(class_names)), suffix=".npz")
     return out
 
 

@@ -25,6 +25,8 @@ from typing import Callable, Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..extras.storage import atomic_write
+
 
 @dataclass
 class TrainConfig:
@@ -147,7 +149,7 @@ class Trainer:
             (self.dir / f"{name}.safetensors.tmp").replace(self.dir / f"{name}.safetensors")
         state = {"step": self.step, "optimizer_step": self.step, "seconds": round(self.seconds, 1),
                  "device": str(self.device), "hardware": hardware(), "precision": str(self.amp or "fp32"), "config": asdict(self.cfg)}
-        (self.dir / "state.json").write_text(json.dumps(state, indent=2))
+        atomic_write(self.dir / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(state, indent=2)))
         if self.on_checkpoint:
             self.on_checkpoint(self)
 
