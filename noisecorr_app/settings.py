@@ -72,8 +72,8 @@ class Choice:
 STEPS = Param("steps", "Steps", 1, 1000, 20, "sampling steps", step=1, integer=True, tunable=False)
 
 PARAMS: dict[str, Param | Choice] = {p.key: p for p in (
-    Param("nag_scale", "Noise Awareness Guidance weight", 0, 20, 3.0, "Noise Awareness Guidance weight: how hard each step is pushed "
-          "towards states whose noise matches the schedule (0 = off)", control="nag_weight"),
+    Param("nag_scale", "Noise Awareness Guidance weight", 0, 20, 3.0, "how hard each step is pushed towards images whose noise matches "
+          "what the model expects at that step (0 = off)", control="nag_weight"),
     Param("nag_est_scale", "Estimator guidance weight", 0, 20, 10.0, "weight of Noise Awareness Guidance driven by the "
           "noise-level estimator", control="nag_weight"),
     Param("cfg_scale", "Class guidance scale", 1, 10, 1.0, "classifier-free guidance (CFG) towards the chosen "

@@ -251,7 +251,8 @@ def metrics_markdown(req: GenerateRequest, runs: dict) -> str:
             + "".join(f", {PARAMS[k].label} {v:g}" for k, v in req.params.items() if PARAMS[k].control)
             + ". Same seeds for both runs.")
     if b.settings.get("clip_x0"):
-        desc += " Both runs clamp each step's x0 estimate to [-1, 1], as the model's scheduler config asks (clip_sample)."
+        desc += (" Both runs keep each step's guess of the final image within the valid pixel range, as the "
+                 "model's configuration asks.")
     if b.leftover is None:
         desc += " No noise-level estimator for this model: no noise figures."
     elif "real_median" in fb:

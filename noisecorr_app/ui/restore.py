@@ -201,7 +201,8 @@ def metrics_markdown(req: RestoreRequest, m: dict) -> str:
              f"{c['consistency']:.2e} |",
              f"| network evaluations per image | – | {b['nfe_per_image']:g} | {c['nfe_per_image']:g} |",
              f"| seconds | – | {b['seconds']:.1f} | {c['seconds']:.1f} |"]
-    settings = ", ".join(f"{k} {v}" for k, v in req.settings.items())
+    settings = ", ".join(f"{v:.0%} of the pixels kept" if k == "kept_fraction" else f"{k} {v}"
+                         for k, v in req.settings.items())
     desc = (f"{TABS[req.tab].title}" + (f" ({settings})" if settings else "") + f", measurement noise σ_y = {req.sigma_y:g}, "
             f"{req.steps} steps, seed {req.seed}. PSNR/SSIM against the reference (your image at the model's resolution).")
     if req.note:
@@ -224,7 +225,7 @@ def outcome(names: dict, b: dict, c: dict) -> str:
 
 def restore_outputs(model, req: RestoreRequest, x, op, res: dict) -> dict:
     m = metrics(req, x, op, res)
-    labels = {run: f"{run} ({res['methods'][run]})" for run in ("baseline", "corrected")}
+    labels = {run: f"{run} ({RESTORATION_METHODS[res['methods'][run]].title})" for run in ("baseline", "corrected")}
     recs = {labels[run]: res[run].records for run in ("baseline", "corrected")}
     view = op.view(res["y"]).clamp(-1, 1)
     native = {"reference": to_pil(x)[0], "degraded": to_pil(view)[0],

@@ -205,7 +205,8 @@ def describe(model, error: str | None = None) -> str:
     trained = f", trained {info['trained_steps']} steps" if "trained_steps" in info else ""
     ok, missing = correction_choices(model)
     lines = [f"**Model:** {model.name} · {w}x{h}, {c} channels, {cls}{trained} · device `{model.device}`",
-             "**Corrections this model can run:** " + "; ".join(label for label, _ in ok)]
+             f"**This model can run {len(ok)} corrections** (the list under 'Correction to compare with the "
+             f"baseline' on Generate)."]
     if missing:
         lines.append("**Not available for this model:** " + "; ".join(missing))
     if h >= 128 and model.device.type == "cpu":
