@@ -271,10 +271,11 @@ def restoration_available(model) -> dict[str, bool]:
     return {name: m.inner is None or METHODS[m.inner].available(model) for name, m in RESTORATION_METHODS.items()}
 
 
-def restoration_settings(model, method: str) -> dict:
+def restoration_settings(model, method: str, **overrides) -> dict:
     """A restoration method's free settings for ``model``: its validated choice (noisecorr.json
     ``restoration``: {method: {"eta": ..., "prox_weight": ...}}, chosen on train images), else the
-    method's paper values. A value out of range is an error naming the file."""
+    method's paper values; ``overrides`` that are not None on top (a user's own). A value out of
+    range is an error naming the file."""
     from .restoration.tasks import PROX_WEIGHT, RESTORATION_METHODS, RESTORE_ETA
 
     spec = RESTORATION_METHODS[method]
@@ -289,7 +290,7 @@ def restoration_settings(model, method: str) -> dict:
                 out[key] = param.check(chosen[key])
             except ValueError as e:
                 raise ValueError(f"{where}, restoration.{method}: {e}") from None
-    return out
+    return {**out, **{k: v for k, v in overrides.items() if v is not None}}
 
 
 def restoration_correction(method: str, model, steps: int | None = None, correction: str = "none") -> Correction:

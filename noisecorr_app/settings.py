@@ -43,6 +43,16 @@ class Param:
     def check(self, value):
         return check_number(value, self.label, self.lo, self.hi, self.integer)
 
+    def parse(self, value):
+        """A value as a form or an API sends it (a number or its text), checked; None: the default."""
+        if value is None:
+            return self.default
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.label} must be a number, got {value!r}") from None
+        return self.check(number)
+
     def narrowed(self, hi: float) -> "Param":
         """The same setting with a lower ceiling (the public app bounds the cost of a request)."""
         return replace(self, hi=min(self.hi, hi))
@@ -67,6 +77,9 @@ class Choice:
         if value not in self.options:
             raise ValueError(f"{self.label} must be one of {', '.join(self.options)}, got {value!r}")
         return value
+
+    def parse(self, value):
+        return self.default if value is None else self.check(value)
 
 
 STEPS = Param("steps", "Steps", 1, 1000, 20, "sampling steps", step=1, integer=True, tunable=False)

@@ -132,7 +132,7 @@ def run(a):
     correction = inner_correction(a.method, model, a.steps, a.correction)
     from ..methods import restoration_settings
 
-    knobs = {**restoration_settings(model, a.method), **{k: v for k, v in options.items() if v is not None}}
+    knobs = restoration_settings(model, a.method, **options)
     with tqdm(total=a.steps, desc=f"{a.method} {a.task}", unit="step") as bar:
         res = restore(model, op, y, method=a.method, steps=a.steps, seed=a.seed, sigma_y=a.sigma_y,
                       correction=correction, progress=lambda r: bar.update(1), **knobs)

@@ -48,7 +48,7 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
     TaskSpec("sr4", "Super-resolution x4", "Recover the image from its 4x4 block averages."),
     TaskSpec("inpaint", "Inpainting", "Fill in the hidden pixels: draw them with the brush or pick a preset mask.",
              (Choice("mask", "Mask", ("box", "random", "half", "drawn"), "box",
-                     "a preset, or 'drawn' (paint on the image)"),), ("mask",), tab="inpainting",
+                     "which pixels are hidden: a preset, or 'drawn' (paint on the image below)"),), ("mask",), tab="inpainting",
              shown_as="the kept pixels, the hidden ones grey"),
     TaskSpec("deblur", "Deblur", "Undo a Gaussian blur.",
              (Param("blur_sigma", "Blur sigma", 0.5, 5, 3.0, "Gaussian blur width in pixels", step=0.1,

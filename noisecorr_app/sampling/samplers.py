@@ -136,3 +136,4 @@ def dpmpp_2m(x, sigmas, predict: Predict, noise: Noise) -> Iterator[StepRecord]:
 
 
 SAMPLERS = {"ddim": ddim, "ddpm": ddpm, "edm": edm, "dpmpp": dpmpp_2m}
+NFE_PER_STEP = {"edm": 2.0}      # network evaluations per step where it is not 1 (Heun's second one)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from ..images import grid, to_pil
 from ..methods import METHODS, declared, defaults_for, load_estimator_for, method_params, recommended_values, setup, spec
 from ..sampling.run import sample
-from ..sampling.samplers import SAMPLERS
+from ..sampling.samplers import NFE_PER_STEP, SAMPLERS
 from ..settings import PARAMS, STEPS
 from .common import PREVIEW_SIDE, as_int, scale_for, side_by_side, write_bundle
 from .state import ANY_CLASS, class_index
@@ -18,7 +18,6 @@ FIRST_RUN_IMAGES = 4             # the tab's starting number of images
 # What one request may cost: network evaluations of one image (both runs together), about a minute on
 # 2 CPU cores for a 32x32 model (6 ms each, batched); fewer for larger images, 20x more on a GPU.
 CPU_BUDGET, GPU_FACTOR = 8000, 20
-SAMPLER_NFE = {"edm": 2.0}       # Heun: two evaluations per step
 
 
 def controls() -> dict:
@@ -114,7 +113,7 @@ def parse_generate(model, class_name, sampler, steps, seed, n_images, correction
     if correction not in METHODS or correction == "none":
         raise ValueError(f"unknown correction '{correction}' (choose from "
                          f"{', '.join(m for m in METHODS if m != 'none')})")
-    steps = STEPS.narrowed(MAX_STEPS).check(_number(steps, STEPS.label))
+    steps = STEPS.narrowed(MAX_STEPS).parse(steps)
     seed = as_int(seed, "seed", 0, 2 ** 31 - 1)
     n = as_int(n_images, "number of images", 1, MAX_IMAGES)
     label = class_index(model, class_name)
@@ -123,9 +122,8 @@ def parse_generate(model, class_name, sampler, steps, seed, n_images, correction
     params = {}
     for key in spec(correction).params:
         v = given.get(PARAMS[key].control)
-        params[key] = resolved[key] if v is None else PARAMS[key].check(_number(v, PARAMS[key].label))
-    cfg_given = given.get("cfg_scale")
-    cfg = PARAMS["cfg_scale"].check(1.0 if cfg_given is None else _number(cfg_given, PARAMS["cfg_scale"].label))
+        params[key] = resolved[key] if v is None else PARAMS[key].parse(v)
+    cfg = PARAMS["cfg_scale"].parse(given.get("cfg_scale"))          # None: 1, off (it follows the class)
     notes = []
     if cfg != 1 and label is None:
         notes.append("CFG needs a class: with 'any class' it is off (scale 1).")
@@ -146,19 +144,12 @@ def request_budget(model) -> int:
 
 def check_cost(model, n: int, steps: int, sampler: str, method: str, cfg: float):
     """Refuse, in one sentence, a request that would hold the server for minutes (both runs counted)."""
-    per_step = SAMPLER_NFE.get(sampler, 1.0) * (2 if cfg != 1 else 1)
+    per_step = NFE_PER_STEP.get(sampler, 1.0) * (2 if cfg != 1 else 1)
     cost = int(n * steps * per_step * (1 + METHODS[method].nfe))
     budget = request_budget(model)
     if cost > budget:
         raise ValueError(f"This request needs about {cost:,} network evaluations (both runs), more than one request "
                          f"may use on this server ({budget:,}, about a minute): use fewer images or steps.")
-
-
-def _number(value, name: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
 
 
 def run_kwargs(model, req: GenerateRequest) -> tuple[dict, dict]:

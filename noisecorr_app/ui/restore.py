@@ -14,7 +14,7 @@ from ..methods import load_estimator_for, restoration_correction, restoration_se
 from ..restoration.methods import degrade, restore
 from ..restoration.operators import Inpainting, make_operator, mask_from_image
 from ..restoration.tasks import RESTORATION_METHODS, SIGMA_Y, TABS
-from ..settings import STEPS, Choice
+from ..settings import STEPS
 from .common import RESTORE_SIDE, as_int, scale_for, side_by_side, write_bundle
 from .plots import consistency_frame, eps_frame, sigma_frame
 from .state import restoration_plan
@@ -79,18 +79,6 @@ def drawn_mask(editor, size: int) -> torch.Tensor:
     return keep
 
 
-def _setting(param, value):
-    """A task setting from the tab (None: its declared default), checked against its declaration."""
-    if value is None:
-        return param.default
-    if isinstance(param, Choice):
-        return param.check(value)
-    try:
-        return param.check(float(value))
-    except (TypeError, ValueError) as e:
-        raise ValueError(str(e) if "must be" in str(e) else f"{param.label} must be a number, got {value!r}") from None
-
-
 def parse_restore(model, tab: str, image, sigma_y, steps, seed, *, drawing=None, **values):
     """Validate and build: (request, reference x, operator). ``values``: the task's own settings by key
     (``restoration.tasks``). ValueError with a message for the user."""
@@ -98,10 +86,10 @@ def parse_restore(model, tab: str, image, sigma_y, steps, seed, *, drawing=None,
         raise ValueError(f"unknown restoration tab '{tab}'")
     task = TABS[tab]
     size = model_size(model)
-    sigma_y = _setting(SIGMA_Y, sigma_y)
-    steps = _setting(STEPS.narrowed(MAX_STEPS), steps)
+    sigma_y = SIGMA_Y.parse(sigma_y)
+    steps = STEPS.narrowed(MAX_STEPS).parse(steps)
     seed = as_int(seed, "seed", 0, 2 ** 31 - 1)
-    settings = task.operator_settings({p.key: _setting(p, values.get(p.key)) for p in task.params})
+    settings = task.operator_settings({p.key: p.parse(values.get(p.key)) for p in task.params})
     op_kw = dict(settings)
     if task.name == "sr" and size % settings["factor"]:
         raise ValueError(f"super-resolution x{settings['factor']} needs an image side divisible by "

@@ -11,7 +11,7 @@ from .generate import FIRST_RUN_IMAGES, MAX_IMAGES, MAX_STEPS, controls, default
     followed_cfg_scale, followed_value, generate_outputs, method_controls, needs_exclusive, parse_generate, preview, \
     run_generate
 from .state import ANY_CLASS, class_choices, correction_choices, default_correction
-from .wiring import SAMPLING, named, seed_box, png, run_streamed, session_model, user_error
+from .wiring import SAMPLING, named, param_widget, seed_box, png, run_streamed, session_model, user_error
 
 
 def start_steps(model) -> int:
@@ -20,13 +20,6 @@ def start_steps(model) -> int:
         return min(recommended_run(model)[1], MAX_STEPS) if model is not None else FALLBACK_STEPS
     except ValueError:
         return FALLBACK_STEPS
-
-
-def control_widget(control: str, param, value, visible: bool):
-    """A setting's control, made from its declaration (label, range, step)."""
-    label = f"{param.label} ({param.hint})" if param.hint else param.label
-    return checked.Slider(param.lo, param.hi, value=value, step=param.step, label=label, visible=visible,
-                          info=param.help, elem_id=f"gen-{control}")
 
 
 def build(store, model_key, model, concurrency: int) -> dict:
@@ -50,7 +43,8 @@ def build(store, model_key, model, concurrency: int) -> dict:
                 sampler = checked.Dropdown(list(SAMPLERS), value="ddim", label="Sampler", allow_custom_value=True,
                                            info="the step rule: DDIM, DDPM, EDM (Heun) or DPM-Solver++")
                 shown = method_controls(first) if first else []
-                ctrl = {c: control_widget(c, p, _start_value(first, c, model, start), c == "cfg_scale" or c in shown)
+                ctrl = {c: param_widget(p, _start_value(first, c, model, start), elem_id=f"gen-{c}",
+                                        visible=c == "cfg_scale" or c in shown)
                         for c, p in controls().items()}
             go = gr.Button("Generate", variant="primary")
         # a finished comparison on the tab's own settings, made once at start-up: something to see at once

@@ -10,12 +10,11 @@ from . import inputs as checked
 from .common import GPU, GPU_SECONDS
 from .plots import CONSISTENCY_Y
 from ..restoration.tasks import RESTORE_STEPS, SIGMA_Y as NOISE, SIGMA_Y_SHOWN, TABS
-from ..settings import Choice
 from .plots import EPS_Y, SIGMA_Y
 from .restore import EDITOR_SIDE, MAX_STEPS, editor_value, needs_exclusive_restore, parse_restore, preview, \
     restore_outputs, run_restore
 from .state import restoration_plan
-from .wiring import SAMPLING, named, seed_box, png, run_streamed, session_model, user_error
+from .wiring import SAMPLING, named, param_widget, seed_box, png, run_streamed, session_model, user_error
 
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.png"))
 
@@ -33,17 +32,6 @@ def eps_plot(label="||eps|| / sqrt(n) per step (1 = the network sees the level i
                        label=label, x_title="step", y_title="||eps||/sqrt(n)")
 
 
-def setting_widget(param):
-    """A task setting's control, made from its declaration."""
-    if isinstance(param, Choice):
-        return checked.Radio(list(param.options), value=param.default, label=f"{param.label}: {param.help}",
-                             info="which pixels are hidden")
-    label = f"{param.label} ({param.hint})" if param.hint else param.label
-    if param.options:
-        return checked.Radio(list(param.options), value=param.default, label=label, info=param.help)
-    return checked.Slider(param.lo, param.hi, value=param.default, step=param.step, label=label, info=param.help)
-
-
 def build(store, model_key, model, concurrency: int, tab: str) -> dict:
     """The tab's widgets under the current gr.Tab; returns those the model picker updates."""
     task = TABS[tab]
@@ -56,7 +44,7 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
                                   sources=["upload", "clipboard"], height=220, elem_id=f"{tab}-input")
             gr.Examples([[str(p)] for p in EXAMPLES], inputs=[image], label="Examples",
                         example_labels=[p.stem.replace("_", " ") for p in EXAMPLES], examples_per_page=12)
-            settings = {p.key: setting_widget(p) for p in task.params}
+            settings = {p.key: param_widget(p) for p in task.params}
             drawing = None
             if task.name == "inpaint":
                 drawing = checked.ImageEditor(type="pil", image_mode="RGBA", sources=[], layers=False, transforms=(),
@@ -64,8 +52,7 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
                                               canvas_size=(EDITOR_SIDE, EDITOR_SIDE), format="png",
                                               label="Paint the pixels to fill in (used when the mask is 'drawn')")
                 drawing.short_name = "Drawing"
-            sigma_y = checked.Slider(NOISE.lo, NOISE.hi, value=SIGMA_Y_SHOWN, step=NOISE.step,
-                                     label=f"{NOISE.label} ({NOISE.hint})", info=NOISE.help)
+            sigma_y = param_widget(NOISE, SIGMA_Y_SHOWN)
             steps = checked.Slider(1, MAX_STEPS, value=RESTORE_STEPS, step=1, label="Steps (network evaluations per method)",
                                    info="more steps: slower, usually sharper")
             seed = seed_box()

@@ -88,6 +88,19 @@ def run_streamed(fn, args, total: int, progress, desc: str, on_preview):
         gen.close()
 
 
+def param_widget(param, value=None, **kw):
+    """A setting's control, made from its declaration: a choice of its options, or a slider over its
+    range; its label (with the hint) and its help as the info line. ``value`` None: its default."""
+    from ..settings import Choice
+    from . import inputs as checked
+
+    label = f"{param.label} ({param.hint})" if getattr(param, "hint", "") else param.label
+    value = param.default if value is None else value
+    if isinstance(param, Choice) or param.options:
+        return checked.Radio(list(param.options), value=value, label=label, info=param.help, **kw)
+    return checked.Slider(param.lo, param.hi, value=value, step=param.step, label=label, info=param.help, **kw)
+
+
 def seed_box():
     """The Seed box and a button that puts a new random seed in it: the seed a run used is always the
     one shown, so any run can be repeated."""
