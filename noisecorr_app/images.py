@@ -50,10 +50,12 @@ MAX_PIXELS = 40_000_000       # refuse decompression bombs before decoding (a 10
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
-def open_image(source, what: str = "image") -> Image.Image:
+def open_image(source, what: str = "image", side: int | None = None) -> Image.Image:
     """Open and decode an image file, or ValueError with a message for the user: a missing file,
     not an image, truncated, or over ``MAX_PIXELS`` (checked on the header, before decoding).
-    ``what`` names the file in the messages ("image", "mask")."""
+    ``what`` names the file in the messages ("image", "mask"). ``side``: the picture is only needed
+    about this large: a JPEG is decoded at a reduced scale, and any image is shrunk by an integer
+    factor as soon as it is decoded, before a mode conversion multiplies its memory."""
     from PIL import UnidentifiedImageError
 
     unreadable = f"the {'' if what == 'image' else what + ' '}file is not an image Pillow can read, or it is truncated"
@@ -68,13 +70,34 @@ def open_image(source, what: str = "image") -> Image.Image:
         raise ValueError(unreadable) from None
     if img.width * img.height > MAX_PIXELS:
         raise ValueError(f"the {what} is too large ({img.width}x{img.height}; at most {MAX_PIXELS:,} pixels)")
+    original = img.size
     try:
+        if side is not None and img.format == "JPEG":
+            img.draft(img.mode, (4 * side, 4 * side))
         img.load()
+        factor = min(img.size) // (4 * side) if side is not None else 1
+        if factor >= 2:
+            exif = img.getexif()
+            img = _shrink(img, factor)
+            img.info["exif"], img.info["original_size"] = exif.tobytes(), original
     except Image.DecompressionBombError:
         raise ValueError(too_large) from None
     except (OSError, SyntaxError, ValueError):
         raise ValueError(unreadable) from None
+    img.info.setdefault("original_size", original)
     return img
+
+
+def _shrink(img: Image.Image, factor: int) -> Image.Image:
+    """``factor`` times smaller by block averaging, in a mode Pillow can average: transparency
+    premultiplied (hidden colours must not bleed in), palettes expanded, 16-bit as 32-bit integers."""
+    if img.mode in ("1", "P", "PA"):
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "L" if img.mode == "1" else "RGB")
+    if img.mode.startswith("I;16"):
+        img = img.convert("I")
+    if img.mode == "RGBA":
+        return img.convert("RGBa").reduce(factor).convert("RGBA")
+    return img.reduce(factor)
 
 
 def prepare_image(source, size: int) -> tuple[torch.Tensor, str | None]:
@@ -92,12 +115,14 @@ def prepare_image(source, size: int) -> tuple[torch.Tensor, str | None]:
     elif isinstance(source, Image.Image):
         img = source
     else:
-        img = open_image(source)
+        img = open_image(source, side=size)
+    original = img.info.get("original_size", img.size)
     if img.width * img.height > MAX_PIXELS:
         raise ValueError(f"the image is too large ({img.width}x{img.height}; at most {MAX_PIXELS:,} pixels)")
     if img.width < 2 or img.height < 2:
         raise ValueError(f"the image is too small ({img.width}x{img.height})")
     notes = []
+    ratio = original[0] / img.width            # the picture may have been shrunk while it was decoded
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
@@ -112,7 +137,8 @@ def prepare_image(source, size: int) -> tuple[torch.Tensor, str | None]:
     if w != h:
         s = min(w, h)
         img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-        notes.append(f"centre-cropped from {w}x{h} to {s}x{s}")
+        ow, oh, os_ = (round(v * ratio) for v in (w, h, s))
+        notes.append(f"centre-cropped from {ow}x{oh} to {os_}x{os_}")
     if img.size != (size, size):
         img = img.resize((size, size), Image.BICUBIC if img.width < size else Image.LANCZOS)
         notes.append(f"resized to {size}x{size}, the model's resolution")

@@ -26,6 +26,8 @@ def add_parser(sub):
     d.add_argument("--unconditional", action="store_true")
     d.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     d.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    d.add_argument("--overwrite", action="store_true",
+                   help="train a model that has NLC weights or measured settings, which then no longer match it")
     threads_arg(d)
     d.set_defaults(func=denoiser)
 
@@ -72,9 +74,57 @@ def add_parser(sub):
     cd.set_defaults(func=card)
 
 
+KINDS = {"denoiser": "a diffusion model (UNet)", "classifier": "a classifier", "nlc": "NLC weights (r_theta)",
+         "noise-level-estimator": "a noise-level estimator", "other": "files that are not a trained network"}
+
+
+def folder_kind(folder: Path) -> str | None:
+    """What a folder holds, from its configs: one of KINDS, or None when it is missing or empty."""
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        raise UserError(f"--out {folder} is a file: give a folder")
+    if (folder / "unet" / "config.json").exists() or (folder / "model_index.json").exists():
+        return "denoiser"
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        config = None
+    if isinstance(config, dict):
+        if config.get("_class_name") == "UNet2DModel":
+            return "denoiser"
+        if config.get("kind") in KINDS:
+            return config["kind"]
+        if "architecture" in config:
+            return "classifier"
+    return "other" if any(folder.iterdir()) else None
+
+
+def training_folder(out, kind: str, overwrite: bool = False) -> Path:
+    """``--out`` for training a ``kind``: new, empty, or one of the same kind to resume. A denoiser that has NLC
+    weights or settings measured on it is trained again only with ``--overwrite``: its UNet changes under them."""
+    out = Path(out)
+    held = folder_kind(out)
+    if held not in (None, kind):
+        raise UserError(f"--out {out} holds {KINDS[held]}, not {KINDS[kind]}: choose a new folder")
+    if kind == "denoiser" and held and not overwrite:
+        try:
+            extra = json.loads((out / "noisecorr.json").read_text())
+        except (OSError, ValueError):
+            extra = {}
+        stale = (["NLC weights (nlc/)"] if (out / "nlc").exists() else []) + \
+            (["settings measured on it (noisecorr.json)"] if {"method_defaults", "recommended", "restoration"} & set(extra) else [])
+        if stale:
+            raise UserError(f"--out {out} is a trained model with {' and '.join(stale)}; training replaces its UNet "
+                            f"and they would no longer match it. Train into a new folder, or pass --overwrite (then "
+                            f"retrain NLC with `train nlc` and `build-lut`, and measure the settings again).")
+    return out
+
+
 def denoiser(a):
     from ..training.denoiser import train_denoiser
 
+    training_folder(a.out, "denoiser", a.overwrite)
     train_denoiser(a.data, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, image_size=a.image_size,
                    p_class_drop=a.class_dropout, p_noise_drop=a.noise_dropout, unconditional=a.unconditional,
                    max_minutes=a.minutes, precision=a.precision, checkpoint_minutes=a.checkpoint_minutes,
@@ -91,6 +141,7 @@ def classifier(a):
     if not Path(a.data).exists():
         raise UserError(f"no data at {a.data}: pass --data with an image folder or tarball "
                         "(class folders under train/ and test/, like CIFAR-10-images)")
+    training_folder(a.out, "classifier")
     train_classifier(a.data, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
                      warmup=a.warmup, widths=widths, max_minutes=a.minutes, precision=a.precision,
                      checkpoint_minutes=a.checkpoint_minutes, split=a.split or None, test_split=a.test_split or None,
@@ -100,6 +151,7 @@ def classifier(a):
 def estimator(a):
     from ..training.extras import train_estimator
 
+    training_folder(a.out, "noise-level-estimator")
     train_estimator(a.data, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_minutes=a.minutes,
                     threads=a.threads)
 
@@ -108,6 +160,8 @@ def nlc(a):
     from ..models.loading import ModelLoadError
     from ..training.extras import train_nlc
 
+    if a.out:
+        training_folder(a.out, "nlc")
     try:
         train_nlc(a.model, a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                   max_minutes=a.minutes, threads=a.threads)

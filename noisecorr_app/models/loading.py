@@ -25,8 +25,43 @@ SAFETENSORS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.f
 PICKLE = ("diffusion_pytorch_model.bin",)
 
 
+MAX_TRAIN_TIMESTEPS = 100_000    # DDPM-type models train with 1,000-4,000; more underflows the schedule
+
+
 class ModelLoadError(Exception):
     """A loading problem, with a message that names the model and says what to do."""
+
+
+def _read_json(path: Path, name: str) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise ModelLoadError(f"The {path.name} of '{name}' is not readable JSON: download or write it again.") from None
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"The {path.name} of '{name}' must hold a JSON object.")
+    return value
+
+
+def check_configs(name: str, unet_dir: Path, sched_file: Path | None, max_side: int | None = None):
+    """The configs' values a loader can trust, read before any weights: a UNet2DModel, an image side within
+    ``max_side`` (a server's bound), a training schedule of a sane length. ModelLoadError otherwise."""
+    config = _read_json(unet_dir / "config.json", name)
+    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise ModelLoadError(f"'{name}' is a {config.get('_class_name')}, not a UNet2DModel: only DDPM-type "
+                             f"pixel-space UNets are supported")
+    side = config.get("sample_size", 32)
+    sides = side if isinstance(side, (list, tuple)) else [side]
+    if not sides or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v for v in sides):
+        raise ModelLoadError(f"'{name}' has an invalid sample_size in its config: {side!r}")
+    if max_side is not None and max(sides) > max_side:
+        raise ModelLoadError(f"'{name}' makes {max(sides)}x{max(sides)} images; this server runs models of at most "
+                             f"{max_side}x{max_side} pixels. Run it from the command line or on a GPU.")
+    sched = _read_json(sched_file, name) if sched_file else {}
+    steps = sched.get("num_train_timesteps", sched.get("timesteps", 1000))
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps <= MAX_TRAIN_TIMESTEPS:
+        raise ModelLoadError(f"'{name}' has num_train_timesteps {steps!r} in its scheduler config; a DDPM-type "
+                             f"model has from 2 to {MAX_TRAIN_TIMESTEPS:,}.")
+    return config, sched
 
 
 def _is_offline() -> bool:
@@ -53,7 +88,8 @@ def _find_layout(folder: Path) -> tuple[Path, Path | None]:
     return unet, None
 
 
-def _download(repo_id: str, revision: str | None, allow_pickle: bool, offline: bool, cache_dir) -> Path:
+def _download(repo_id: str, revision: str | None, allow_pickle: bool, offline: bool, cache_dir,
+              max_side: int | None = None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
@@ -66,9 +102,10 @@ def _download(repo_id: str, revision: str | None, allow_pickle: bool, offline: b
         # Without a network huggingface_hub falls back to its cache by itself.
         folder = fetch(["*.json"], offline)
         try:
-            unet_dir, _ = _find_layout(folder)
+            unet_dir, sched_file = _find_layout(folder)
         except FileNotFoundError:
             raise ModelLoadError(f"Hub repo '{repo_id}' has no diffusers UNet config (config.json or unet/config.json)")
+        check_configs(repo_id, unet_dir, sched_file, max_side)      # before the weights are downloaded
         sub = unet_dir.relative_to(folder).as_posix()
         prefix = "" if sub == "." else sub + "/"
         wanted = [prefix + SAFETENSORS[0]] + ([prefix + PICKLE[0]] if allow_pickle else [])
@@ -118,20 +155,22 @@ def _weights_kind(unet_dir: Path) -> str:
 def load_model(source: str | Path | None = None, *, device: str | torch.device | None = None,
                dtype: torch.dtype = torch.float32, allow_pickle: bool = False, revision: str | None = None,
                offline: bool | None = None, cache_dir: str | Path | None = None,
-               max_cache_bytes: int | None = None) -> UNetDenoiser:
+               max_cache_bytes: int | None = None, max_side: int | None = None) -> UNetDenoiser:
     """Load a diffusers UNet2DModel (DDPM type) as a sigma-space denoiser.
 
     source: a local folder, a Hub repo id, or None for the embedded default model.
     dtype: torch.float16 halves memory on a GPU; the CPU always computes in float32.
     max_cache_bytes: after a Hub load, trim the Hub cache to this size, least recently used repos
     first (default: ``NOISECORR_HUB_CACHE_GB``, unset = no bound; see ``models/cache.py``).
+    max_side: refuse, before reading any weights, a model whose images are larger (a server's bound).
     """
     from diffusers import DDPMScheduler, UNet2DModel
 
     name, folder = _resolve_source(source)
     source_is_hub = folder is None
     if folder is None:
-        folder = _download(name, revision, allow_pickle, _is_offline() if offline is None else offline, cache_dir)
+        folder = _download(name, revision, allow_pickle, _is_offline() if offline is None else offline, cache_dir,
+                           max_side)
         bound = cache_bound_from_env() if max_cache_bytes is None else max_cache_bytes
         if bound is not None:
             mark_used(folder)
@@ -140,7 +179,8 @@ def load_model(source: str | Path | None = None, *, device: str | torch.device |
         unet_dir, sched_file = _find_layout(folder)
     except FileNotFoundError:
         hint = " Train it with `python -m noisecorr_app train denoiser`." if name == "embedded default" else ""
-        raise ModelLoadError(f"'{name}' ({folder}) holds no diffusers UNet config (config.json or unet/config.json).{hint}")
+        where = "" if source_is_hub else f" ({folder})"
+        raise ModelLoadError(f"'{name}'{where} holds no diffusers UNet config (config.json or unet/config.json).{hint}")
     kind = _weights_kind(unet_dir)
     if kind == "none":
         if source_is_hub:       # only safetensors are downloaded unless pickle was allowed
@@ -152,17 +192,15 @@ def load_model(source: str | Path | None = None, *, device: str | torch.device |
         raise ModelLoadError(
             f"'{name}' ships only a pickle checkpoint ({PICKLE[0]}), which can run code when opened. "
             f"Load it only if you trust the source: pass --allow-pickle (it is then read with weights_only=True).")
-    config = json.loads((unet_dir / "config.json").read_text())
-    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise ModelLoadError(f"'{name}' is a {config.get('_class_name')}, not a UNet2DModel: only DDPM-type "
-                             f"pixel-space UNets are supported")
+    config, sched_cfg = check_configs(name, unet_dir, sched_file, max_side)
     dev = resolve_device(device)
     if dev.type == "cpu":
         dtype = torch.float32
     try:
         unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=(kind == "safetensors"), torch_dtype=dtype)
     except Exception as e:  # corrupt file, wrong shapes, truncated download: all one message
-        raise ModelLoadError(f"The weights of '{name}' in {unet_dir} could not be read ({type(e).__name__}: "
+        where = "" if source_is_hub else f" in {unet_dir}"
+        raise ModelLoadError(f"The weights of '{name}'{where} could not be read ({type(e).__name__}: "
                              f"{str(e).splitlines()[0][:200]}). The file may be corrupt or incomplete: "
                              f"download or train it again.") from None
     unet = unet.to(dev).eval().requires_grad_(False)
@@ -171,12 +209,14 @@ def load_model(source: str | Path | None = None, *, device: str | torch.device |
         # on 2 cores, 9 interleaved pairs: median 13% less time; same outputs to 3e-6); the
         # denoiser hands out contiguous tensors again
         unet = unet.to(memory_format=torch.channels_last)
-    sched_cfg = json.loads(sched_file.read_text()) if sched_file else {}
     if "timesteps" in sched_cfg and "num_train_timesteps" not in sched_cfg:   # pre-1.0 diffusers name
         sched_cfg["num_train_timesteps"] = sched_cfg["timesteps"]
     sched = DDPMScheduler.from_config({k: v for k, v in sched_cfg.items() if not k.startswith("_")})
+    if not bool((sched.alphas_cumprod > 0).all()) or not bool(torch.isfinite(sched.alphas_cumprod).all()):
+        raise ModelLoadError(f"The noise schedule of '{name}' reaches zero signal (its scheduler config gives "
+                             f"alphas_cumprod of 0): not a schedule a sampler can follow.")
     extra_file = folder / "noisecorr.json"
-    extra = json.loads(extra_file.read_text()) if extra_file.exists() else {}
+    extra = _read_json(extra_file, name) if extra_file.exists() else {}
     num_embeds = config.get("num_class_embeds")
     num_classes = extra.get("num_classes", num_embeds)
     return UNetDenoiser(unet=unet, alphas_cumprod=sched.alphas_cumprod,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .loop import hardware
+from .loop import hardware, read_state
 
 
 def loss_curve(log_csv: Path, out_png: Path, title: str, smooth: int = 50):
@@ -82,7 +82,7 @@ def write_denoiser_card(folder: Path, command: str, metrics: dict | None = None,
     from ..models.loading import load_model
 
     folder = Path(folder)
-    state = json.loads((folder / "training" / "state.json").read_text())
+    state = read_state(folder / "training" / "state.json")
     info = json.loads((folder / "noisecorr.json").read_text())
     cfg = state["config"]
     loss_curve(folder / "training" / "loss_log.csv", folder / "loss_curve.png", f"{folder.name}: training loss")
@@ -176,7 +176,7 @@ def metrics_from_reports(paths) -> dict[str, str]:
 def write_extra_card(folder: Path, title: str, what: str, command: str, results_md: str):
     """A card for a small network trained beside a denoiser (estimator, NLC, classifier)."""
     folder = Path(folder)
-    state = json.loads((folder / "training" / "state.json").read_text())
+    state = read_state(folder / "training" / "state.json")
     cfg = state["config"]
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
     exported = {"raw": "raw weights: they scored higher than the EMA"}.get(config.get("weights"), "EMA")

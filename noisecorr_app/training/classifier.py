@@ -10,7 +10,6 @@ done, the raw weights are scored too and the better of the two is exported (``"w
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 
 from ..extras.classifier import WEIGHTS_FILE, CifarClassifier, classify, num_parameters, save_classifier
 from .data import ImageSet, load_images
-from .loop import Trainer, TrainConfig, infinite_batches
+from .loop import Trainer, TrainConfig, infinite_batches, read_state
 
 DEFAULT_WIDTHS = (32, 64, 128, 256)
 
@@ -69,7 +68,7 @@ def _test_set(data, split: str | None, image_size: int | None, class_names: list
 def _check_resume(out: Path, widths: tuple[int, ...]):
     state = out / "training" / "state.json"
     if state.exists():
-        old = json.loads(state.read_text()).get("config", {}).get("extra", {}).get("widths")
+        old = read_state(state).get("config", {}).get("extra", {}).get("widths")
         if old is not None and tuple(old) != tuple(widths):
             raise ValueError(f"{out} holds a checkpoint of widths {','.join(map(str, old))}: pass "
                              f"--widths {','.join(map(str, old))} to resume it, or choose a new --out")

@@ -19,7 +19,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file, save_file
 
 from .data import load_images, to_tensor
-from .loop import Trainer, TrainConfig, infinite_batches
+from .loop import Trainer, TrainConfig, infinite_batches, read_state
 
 NULL_TIMESTEP = 10_000   # the "no noise level given" condition used by classifier-free NAG
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
@@ -109,7 +109,7 @@ def train_denoiser(data: str, out: str, steps: int, batch_size: int = 64, lr: fl
         # (it is kept matched to its NLC weights); then the EMA restarts from the raw weights.
         exported = json.loads((out_dir / "noisecorr.json").read_text()).get("trained_steps") \
             if (out_dir / "noisecorr.json").exists() else None
-        state = json.loads((out_dir / "training" / "state.json").read_text())
+        state = read_state(out_dir / "training" / "state.json")
         if exported != state.get("step"):
             return None
         return load_file(out_dir / "unet" / "diffusion_pytorch_model.safetensors")

@@ -85,6 +85,20 @@ class EMA:
                 self.shadow[k].copy_(v)
 
 
+def read_state(path) -> dict:
+    """A training folder's state.json, or ValueError naming the file (a torn or hand-edited one)."""
+    path = Path(path)
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path} could not be read ({type(e).__name__}): restore it (git checkout) or move the "
+                         f"training folder away to start over") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ValueError(f"{path} holds no training step: restore it (git checkout) or move the training folder "
+                         f"away to start over")
+    return state
+
+
 class Trainer:
     def __init__(self, model: torch.nn.Module, loss_fn: Callable, out: str | Path, cfg: TrainConfig,
                  device: torch.device | None = None, save_dtype: torch.dtype = torch.float16,
@@ -109,7 +123,7 @@ class Trainer:
         state_file = self.dir / "state.json"
         if not state_file.exists():
             return
-        state = json.loads(state_file.read_text())
+        state = read_state(state_file)
         params = load_file(self.dir / "params.safetensors", device=str(self.device))
         self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in params.items()})
         # The EMA may be absent from a clone when the command exports it elsewhere (the shipped weights).

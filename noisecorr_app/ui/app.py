@@ -1,15 +1,18 @@
 """The Gradio app: a model picker and six tabs (Generate and five restorations), each comparing
 a baseline with a noise-shift correction from the same seed. ``build_demo()`` makes the Blocks,
-``launch()`` serves it with the app's limits (queue, upload size)."""
+``launch()`` serves it with the app's limits (``limits``: request cost, queue per client, body and
+upload sizes, old files deleted)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import logging
+
 import gradio as gr
 
 from ..models.loading import ModelLoadError
-from . import inputs as checked, tab_generate, tab_restore
+from . import inputs as checked, limits, tab_generate, tab_restore
 from ..restoration.tasks import TABS
 from .state import ANY_CLASS, DEFAULT_KEY, OTHER_KEY, PRESET_IDS, ModelStore, class_choices, correction_choices, \
     default_correction, describe, picker_choices, resolve_choice, restoration_plan
@@ -24,9 +27,8 @@ than 9 in 10 real photos. The plots follow the noise step by step. Below: the no
 2,000 images of the plain sampler and of the corrections (10 steps), against the band of real photos.
 The restoration tabs damage your image (blur, missing pixels, grey...) and compare two ways of
 restoring it."""
+log = logging.getLogger("noisecorr_app.ui")
 NOISE_PICTURE = Path(__file__).resolve().parents[2] / "docs" / "images" / "leftover_ddim_10.png"
-MAX_FILE_SIZE = "10mb"          # uploads beyond this are refused by Gradio before they reach a handler
-QUEUE_MAX = 32                  # waiting requests beyond this get "queue full"
 
 INTRO = """# noisecorr: noise-shift corrections for diffusion sampling
 While a diffusion sampler runs, the noise actually left in the image drifts from the level the schedule
@@ -44,6 +46,38 @@ def default_concurrency(model) -> int:
     return 2 if model is not None and model.device.type != "cpu" else 1
 
 
+class Page(gr.Blocks):
+    """gr.Blocks whose answers to malformed API calls are one sentence: too few values, or a value that is
+    not of its input's form (a string for an image, a number for a drawing), where Gradio would answer
+    with its validation text, component reprs or a "Could not preprocess" paragraph."""
+
+    def validate_inputs(self, block_fn, inputs):
+        if len(inputs) < len(block_fn.inputs):
+            raise gr.Error(f"This endpoint takes {len(block_fn.inputs)} values, got {len(inputs)}.",
+                           print_exception=False)
+
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        from gradio.exceptions import ComponentProcessingError
+        from pydantic import ValidationError
+
+        self.validate_inputs(block_fn, inputs)
+        for block, value in zip(block_fn.inputs, inputs):
+            model = getattr(block, "data_model", None)
+            if model is None or value is None or getattr(block, "stateful", False):
+                continue
+            try:
+                model.model_validate(value)
+            except ValidationError:
+                raise gr.Error(f"{checked.input_name(block)} is not in the form this input takes (for an image: an "
+                               f"uploaded file, as gradio_client's handle_file sends it).", print_exception=False) from None
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except ComponentProcessingError as e:     # a reader failed in a way no input check foresaw
+            log.warning("input could not be read: %s", str(e).splitlines()[0][:200])
+            raise gr.Error("An input could not be read: check its type (numbers as numbers, images as uploaded "
+                           "files).", print_exception=False) from None
+
+
 def build_demo(model_source=None, device=None) -> gr.Blocks:
     """The Blocks app, queued. model_source: the server's default model (a folder or Hub id chosen
     by whoever runs the server; None = the embedded default)."""
@@ -52,7 +86,7 @@ def build_demo(model_source=None, device=None) -> gr.Blocks:
     concurrency = default_concurrency(model)
     header = describe(model, store.default_error)
 
-    with gr.Blocks(title="noisecorr: noise-shift corrections for diffusion sampling") as demo:
+    with Page(title="noisecorr: noise-shift corrections for diffusion sampling") as demo:
         gr.Markdown(INTRO)
         with gr.Accordion("What am I looking at?", open=False):
             gr.Markdown(EXPLAINED)
@@ -71,10 +105,12 @@ def build_demo(model_source=None, device=None) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
                 gen = tab_generate.build(store, model_key, model, concurrency)
-            plans = []
+            plans, demo.prechecks = [], {"generate": gen["precheck"]}
             for tab, task in TABS.items():
                 with gr.Tab(task.title, id=tab):
-                    plans.append(tab_restore.build(store, model_key, model, concurrency, tab)["plan"])
+                    built = tab_restore.build(store, model_key, model, concurrency, tab)
+                plans.append(built["plan"])
+                demo.prechecks[tab] = built["precheck"]
 
         def pick(choice_value, repo_id, key):
             """Load the chosen model for this session; on failure say why and keep the previous one."""
@@ -101,16 +137,38 @@ def build_demo(model_source=None, device=None) -> gr.Blocks:
         load.click(pick, [choice, repo, model_key],
                    [model_key, model_md, choice, repo, gen["class"], gen["correction"], gen["steps"], *plans],
                    api_name="load_model", concurrency_id="model-loading", concurrency_limit=1)
-    demo.queue(default_concurrency_limit=concurrency, max_size=QUEUE_MAX)
+    demo.queue(default_concurrency_limit=concurrency, max_size=limits.QUEUE_MAX)
     return demo
 
 
 def launch(demo: gr.Blocks, **kw):
     """Serve with the app's limits; keyword arguments override (tests pass prevent_thread_lock). Gradio's own
     GRADIO_SERVER_NAME / GRADIO_SERVER_PORT come first: a Space sets them (0.0.0.0) and must be obeyed."""
+    from starlette.middleware import Middleware
+
     env = os.environ.get
     opts = dict(server_name=env("GRADIO_SERVER_NAME") or env("HOST", "127.0.0.1"),
                 server_port=int(env("GRADIO_SERVER_PORT") or env("PORT", 7860)),
-                max_file_size=MAX_FILE_SIZE, show_error=True)
+                max_file_size=limits.MAX_FILE_SIZE, show_error=True,
+                app_kwargs={"middleware": [Middleware(limits.RequestLimits, blocks=demo)]})
     opts.update(kw)
+    every, age = limits.cache_schedule()
+    demo.sweeper = limits.start_sweeper(lambda: _served_folders(), lambda: _kept_files(demo), every, age)
     return demo.launch(**opts)
+
+
+def _served_folders() -> list:
+    """Where uploads and results land: Gradio's cache folder and the download bundles'."""
+    from gradio.utils import get_upload_folder
+
+    from .common import BUNDLE_DIR
+
+    return [get_upload_folder(), BUNDLE_DIR]
+
+
+def _kept_files(demo) -> set:
+    """The page's own pictures (the first comparison, the examples): Gradio marks them to keep."""
+    kept = set()
+    for block in demo.blocks.values():
+        kept |= set(getattr(block, "keep_in_cache", ()))
+    return kept

@@ -35,24 +35,33 @@ BUNDLE_DIR = Path(tempfile.gettempdir()) / "noisecorr_app"
 BUNDLE_MAX_AGE_S = 2 * 3600
 
 
+MAX_TEXT = 200          # characters of a typed value (a class name): longer ones are refused, and shown cut
+
+
+def shown(value, limit: int = 60) -> str:
+    """A user's value as a message may repeat it: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} characters)"
+
+
 def as_int(value, name: str, lo: int, hi: int) -> int:
     """A whole number in [lo, hi] from a slider or API value (floats like 20.0 are fine)."""
     try:
         f = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name} must be a whole number, got {shown(value)}") from None
     if not math.isfinite(f) or f != int(f) or not lo <= f <= hi:
-        raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {value!r}")
+        raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {shown(value)}")
     return int(f)
 
 
 def as_float(value, name: str, lo: float, hi: float) -> float:
     try:
         f = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name} must be a number, got {shown(value)}") from None
     if not math.isfinite(f) or not lo <= f <= hi:
-        raise ValueError(f"{name} must be a number from {lo:g} to {hi:g}, got {value!r}")
+        raise ValueError(f"{name} must be a number from {lo:g} to {hi:g}, got {shown(value)}")
     return f
 
 
@@ -84,6 +93,11 @@ def png_in_cache(img, cache_dir: str, name: str = "image") -> str:
     data = _png_bytes(img)
     folder = Path(cache_dir) / hashlib.sha256(data).hexdigest()
     path = folder / f"{name}.png"
+    if path.exists():
+        try:                  # handed out again: the cache sweeper must count its age from now
+            os.utime(path)
+        except OSError:
+            pass
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         fd, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
@@ -126,6 +140,33 @@ def _json_default(o):
 
 class Stopped(Exception):
     """Raised inside the worker when the consumer of ``stream`` went away (page closed, cancelled)."""
+
+
+def interruptible(model, stop: threading.Event | None):
+    """``model``, checking ``stop`` before every network evaluation: a cancelled or abandoned run ends
+    within one evaluation, not at the end of its step (a Heun step or guidance makes several)."""
+    if stop is None:
+        return model
+    from ..models.denoiser import Wrapper
+
+    class Interruptible(Wrapper):
+        def eps(self, x, sigma, cond=None):
+            self._check()
+            return self.model.eps(x, sigma, cond)
+
+        def eps_and_features(self, x, sigma, cond=None):
+            self._check()
+            return self.model.eps_and_features(x, sigma, cond)
+
+        def features(self, x, sigma, cond=None):
+            self._check()
+            return self.model.features(x, sigma, cond)
+
+        def _check(self):
+            if stop.is_set():
+                raise Stopped
+
+    return Interruptible(model)
 
 
 @contextmanager
@@ -178,9 +219,10 @@ def side_by_side(jobs: dict, device) -> dict:
 
 
 def stream(fn, *args, **kwargs):
-    """Run ``fn(*args, on_event=cb, **kwargs)`` in a worker thread and yield every ``cb(event)`` as
-    it happens; the generator's return value (``StopIteration.value``) is fn's result. Exceptions
-    in fn are re-raised here. Closing the generator makes the worker stop at its next event."""
+    """Run ``fn(*args, on_event=cb, stop=event, **kwargs)`` in a worker thread and yield every
+    ``cb(event)`` as it happens; the generator's return value (``StopIteration.value``) is fn's result.
+    Exceptions in fn are re-raised here. Closing the generator sets ``stop``: the worker stops at its
+    next event, or at its next network evaluation where fn hands ``stop`` to ``interruptible``."""
     events: queue.Queue = queue.Queue()
     stop = threading.Event()
 
@@ -191,7 +233,7 @@ def stream(fn, *args, **kwargs):
 
     def work():
         try:
-            events.put(("done", fn(*args, on_event=cb, **kwargs)))
+            events.put(("done", fn(*args, on_event=cb, stop=stop, **kwargs)))
         except BaseException as e:         # handed to the consumer
             events.put(("error", e))
 

@@ -9,15 +9,13 @@ from ..methods import METHODS, declared, defaults_for, load_estimator_for, metho
 from ..sampling.run import sample
 from ..sampling.samplers import NFE_PER_STEP, SAMPLERS
 from ..settings import PARAMS, STEPS
-from .common import PREVIEW_SIDE, as_int, scale_for, side_by_side, write_bundle
+from . import limits
+from .common import PREVIEW_SIDE, as_int, interruptible, scale_for, side_by_side, write_bundle
 from .state import ANY_CLASS, class_index
 
 MAX_STEPS = 200
 MAX_IMAGES = 16
 FIRST_RUN_IMAGES = 4             # the tab's starting number of images
-# What one request may cost: network evaluations of one image (both runs together), about a minute on
-# 2 CPU cores for a 32x32 model (6 ms each, batched); fewer for larger images, 20x more on a GPU.
-CPU_BUDGET, GPU_FACTOR = 8000, 20
 
 
 def controls() -> dict:
@@ -135,21 +133,10 @@ def parse_generate(model, class_name, sampler, steps, seed, n_images, correction
                            correction, params, cfg, notes)
 
 
-def request_budget(model) -> int:
-    """Network evaluations (of one image) one request may spend on this model and device."""
-    c, h, w = model.sample_shape
-    budget = CPU_BUDGET * 1024 / (h * w)
-    return int(budget * (GPU_FACTOR if model.device.type != "cpu" else 1))
-
-
 def check_cost(model, n: int, steps: int, sampler: str, method: str, cfg: float):
     """Refuse, in one sentence, a request that would hold the server for minutes (both runs counted)."""
     per_step = NFE_PER_STEP.get(sampler, 1.0) * (2 if cfg != 1 else 1)
-    cost = int(n * steps * per_step * (1 + METHODS[method].nfe))
-    budget = request_budget(model)
-    if cost > budget:
-        raise ValueError(f"This request needs about {cost:,} network evaluations (both runs), more than one request "
-                         f"may use on this server ({budget:,}, about a minute): use fewer images or steps.")
+    limits.check_cost(model, n * steps * per_step * (1 + METHODS[method].nfe))
 
 
 def run_kwargs(model, req: GenerateRequest) -> tuple[dict, dict]:
@@ -170,13 +157,15 @@ def needs_exclusive(method: str) -> bool:
     return METHODS[method].exclusive
 
 
-def run_generate(model, req: GenerateRequest, on_event=None) -> dict:
-    """Both runs; ``on_event((run, record))`` after every step (records carry the x0 tensors)."""
+def run_generate(model, req: GenerateRequest, on_event=None, stop=None) -> dict:
+    """Both runs; ``on_event((run, record))`` after every step (records carry the x0 tensors); once
+    ``stop`` (a threading.Event) is set, they end at their next network evaluation."""
     base_kw, corr_kw = run_kwargs(model, req)
+    net = interruptible(model, stop)
     jobs = {}
     for run, kw in (("baseline", base_kw), ("corrected", corr_kw)):
         cb = (lambda rec, run=run: on_event((run, rec))) if on_event else None
-        jobs[run] = lambda kw=kw, cb=cb: sample(model, progress=cb, **kw)
+        jobs[run] = lambda kw=kw, cb=cb: sample(net, progress=cb, **kw)
     return side_by_side(jobs, model.device)
 
 

@@ -23,6 +23,8 @@ import re
 
 import gradio as gr
 
+from .common import MAX_TEXT, shown
+
 
 def input_name(component) -> str:
     """A short name for messages: ``short_name`` if set, else the label up to ' (' or ': '."""
@@ -32,14 +34,19 @@ def input_name(component) -> str:
     return re.split(r" \(|: ", str(component.label or "value"))[0]
 
 
+class InputError(gr.Error):
+    """gr.Error that prints as its sentence (Gradio quotes an Error's text where it uses ``str()``)."""
+
+    def __str__(self):
+        return str(self.message)
+
+
 def refuse(component, text: str) -> gr.Error:
-    return gr.Error(f"{input_name(component)} {text}", print_exception=False)
+    return InputError(f"{input_name(component)} {text}", print_exception=False)
 
 
 def _number(component, payload):
     """A finite number within the component's bounds, or gr.Error naming the input."""
-    if payload is None:
-        return None
     lo, hi = component.minimum, component.maximum
     if lo is not None and hi is not None:
         span = f"a number from {lo:g} to {hi:g}"
@@ -49,14 +56,14 @@ def _number(component, payload):
         span = f"a number of at most {hi:g}"
     else:
         span = "a finite number"
-    if isinstance(payload, bool):
-        raise refuse(component, f"must be {span}, got {payload!r}")
+    if payload is None or isinstance(payload, bool):
+        raise refuse(component, f"must be {span}, got {shown(payload)}")
     try:
         f = float(payload)
-    except (TypeError, ValueError):
-        raise refuse(component, f"must be {span}, got {payload!r}") from None
+    except (TypeError, ValueError, OverflowError):       # OverflowError: an integer like 10**400
+        raise refuse(component, f"must be {span}, got {shown(payload)}") from None
     if not math.isfinite(f) or (lo is not None and f < lo) or (hi is not None and f > hi):
-        raise refuse(component, f"must be {span}, got {payload!r}")
+        raise refuse(component, f"must be {span}, got {shown(payload)}")
     return payload if isinstance(payload, (int, float)) else f
 
 
@@ -75,11 +82,13 @@ class Number(gr.Number):
 
 
 def _choice(component, preprocess, payload):
+    values = ", ".join(str(v) for _, v in component.choices)
+    if isinstance(payload, str) and len(payload) > MAX_TEXT:
+        raise refuse(component, f"must be one of {values}, got {shown(payload)}")
     try:
         return preprocess(payload)
     except gr.Error:
-        values = ", ".join(str(v) for _, v in component.choices)
-        raise refuse(component, f"must be one of {values}, got {payload!r}") from None
+        raise refuse(component, f"must be one of {values}, got {shown(payload)}") from None
 
 
 class Radio(gr.Radio):
@@ -113,19 +122,36 @@ class ImageFile(gr.Image):
             raise refuse(self, "could not be read: the upload is not an image Pillow can read") from None
 
 
+MAX_LAYERS = 4                     # the app's editor sends one stroke layer
+MAX_LAYER_PIXELS = 1024 * 1024     # its canvas is 256x256
+
+
 class ImageEditor(gr.ImageEditor):
+    """Layers are counted and their sizes read from the files' headers before any is decoded: a drawing of
+    many huge, highly compressible layers would otherwise take gigabytes."""
     is_template = True
 
     def preprocess(self, payload):
         from PIL import Image
 
+        if payload is not None:
+            layers = list(payload.layers or [])
+            if len(layers) > MAX_LAYERS:
+                raise refuse(self, f"has {len(layers)} layers; at most {MAX_LAYERS}")
+            for item in [payload.background, payload.composite, *layers]:
+                path = getattr(item, "path", None)
+                if path is None:
+                    continue
+                try:
+                    with Image.open(path) as img:
+                        size = img.size
+                except Exception:
+                    raise refuse(self, "has a layer that is not an image Pillow can read, or it is truncated") from None
+                if size[0] * size[1] > MAX_LAYER_PIXELS:
+                    raise refuse(self, f"has a layer of {size[0]}x{size[1]} pixels; at most {MAX_LAYER_PIXELS:,}")
         try:
             return super().preprocess(payload)
         except gr.Error:
             raise
-        except Image.DecompressionBombError:
-            from ..images import MAX_PIXELS
-
-            raise refuse(self, f"has a layer that is too large (over {MAX_PIXELS:,} pixels)") from None
         except Exception:
             raise refuse(self, "has a layer that is not an image Pillow can read, or it is truncated") from None

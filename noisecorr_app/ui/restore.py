@@ -15,7 +15,8 @@ from ..restoration.methods import degrade, restore
 from ..restoration.operators import Inpainting, make_operator, mask_from_image
 from ..restoration.tasks import RESTORATION_METHODS, SIGMA_Y, TABS
 from ..settings import STEPS
-from .common import RESTORE_SIDE, as_int, scale_for, side_by_side, write_bundle
+from . import limits
+from .common import RESTORE_SIDE, as_int, interruptible, scale_for, side_by_side, write_bundle
 from .plots import consistency_frame, eps_frame, sigma_frame
 from .state import restoration_plan
 
@@ -88,6 +89,7 @@ def parse_restore(model, tab: str, image, sigma_y, steps, seed, *, drawing=None,
     size = model_size(model)
     sigma_y = SIGMA_Y.parse(sigma_y)
     steps = STEPS.narrowed(MAX_STEPS).parse(steps)
+    check_restore_cost(model, steps)
     seed = as_int(seed, "seed", 0, 2 ** 31 - 1)
     settings = task.operator_settings({p.key: p.parse(values.get(p.key)) for p in task.params})
     op_kw = dict(settings)
@@ -101,6 +103,14 @@ def parse_restore(model, tab: str, image, sigma_y, steps, seed, *, drawing=None,
     if isinstance(op, Inpainting):
         settings["kept_fraction"] = round(op.kept_fraction, 4)
     return RestoreRequest(tab, task.name, settings, sigma_y, steps, seed, note), x, op
+
+
+def check_restore_cost(model, steps: int):
+    """Both methods' network evaluations within one request's budget (``limits``)."""
+    from ..methods import METHODS
+
+    inner = RESTORATION_METHODS[restoration_plan(model)[0]].inner
+    limits.check_cost(model, steps * (1 + (METHODS[inner].nfe if inner else 1)))
 
 
 def corrected_setup(model):
@@ -117,14 +127,16 @@ def needs_exclusive_restore(model) -> bool:
     return inner is not None and METHODS[inner].exclusive
 
 
-def run_restore(model, req: RestoreRequest, x, op, on_event=None) -> dict:
-    """Degrade x, then restore with both methods; ``on_event((run, record))`` after every step.
+def run_restore(model, req: RestoreRequest, x, op, on_event=None, stop=None) -> dict:
+    """Degrade x, then restore with both methods; ``on_event((run, record))`` after every step; once
+    ``stop`` (a threading.Event) is set, they end at their next network evaluation.
     With a noise-level estimator for the model, every record also gets its reading of the state
     entering the step (``extras['sigma_est']``), for the scheduled-against-estimated plot; it only
     reads the states, so the restorations are the library's own."""
     y = degrade(op, x.to(model.device), req.sigma_y, seed=req.seed)
     method, correction = corrected_setup(model)
     estimator = load_estimator_for(model)
+    net = interruptible(model, stop)
     jobs = {}
     for run, m, corr in (("baseline", "ddnm", None), ("corrected", method, correction)):
         def cb(rec, run=run):
@@ -134,7 +146,7 @@ def run_restore(model, req: RestoreRequest, x, op, on_event=None) -> dict:
                 on_event((run, rec))
         knobs = restoration_settings(model, m)      # the method's validated settings for this model
         jobs[run] = lambda m=m, corr=corr, cb=cb, knobs=knobs: restore(
-            model, op, y, method=m, steps=req.steps, seed=req.seed, sigma_y=req.sigma_y, correction=corr,
+            net, op, y, method=m, steps=req.steps, seed=req.seed, sigma_y=req.sigma_y, correction=corr,
             progress=cb, **knobs)
     out = {"y": y, **side_by_side(jobs, model.device)}
     out["methods"] = {"baseline": "ddnm", "corrected": method}

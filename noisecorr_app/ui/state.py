@@ -18,7 +18,7 @@ from ..methods import METHODS, recommended_run, restoration_available
 from ..models.loading import REPO_ID, ModelLoadError, load_model
 from ..models.registry import HUB_PRESETS
 from ..restoration.tasks import RESTORATION_METHODS
-from .common import RunLock
+from .common import RunLock, shown
 
 DEFAULT_KEY = "default"
 OTHER_KEY = "other"
@@ -59,14 +59,32 @@ def resolve_choice(choice, repo_id) -> str:
     return check_hub_id(choice)
 
 
+def max_side(device) -> int:
+    """The largest model a web user may load here: a 128x128 model takes seconds per network evaluation on
+    two CPU cores (a 256x256 one ~25 s); a GPU runs 512x512 models in well under a second."""
+    import torch
+
+    from ..models.loading import resolve_device
+
+    return MAX_SIDE_GPU if torch.device(resolve_device(device)).type != "cpu" else MAX_SIDE_CPU
+
+
+MAX_SIDE_CPU, MAX_SIDE_GPU = 128, 512
+
+
 class ModelStore:
+    """Loaded models, shared by every session. Loading one model never blocks runs on another, nor a
+    session reading one already loaded: the store's own lock is held only to look up and insert, and
+    each model being loaded has a lock of its own (two users asking for the same one load it once)."""
+
     def __init__(self, default_source=None, max_cached: int = 2, device=None):
         self.default_source = default_source          # trusted: given by whoever runs the server
         self.max_cached, self.device = max_cached, device
         self._default = None
         self._default_error: str | None = None
         self._hub: OrderedDict = OrderedDict()
-        self._load_lock = threading.Lock()
+        self._lock = threading.Lock()                 # the dictionaries below, briefly
+        self._loading: dict[str, threading.Lock] = {}
         self._run_locks: dict[int, RunLock] = {}
 
     # -- loading --------------------------------------------------------------------------------
@@ -74,7 +92,7 @@ class ModelStore:
         """Load the server's default model now (at start-up); problems become a message."""
         for attempt in range(2):
             try:
-                self._default = load_model(self.default_source, device=self.device)
+                self._default = self._measured(load_model(self.default_source, device=self.device))
                 self._default_error = None
                 break
             except ModelLoadError as e:
@@ -91,38 +109,65 @@ class ModelStore:
                 break
         return self._default
 
+    @staticmethod
+    def _measured(model):
+        """The model, its speed measured now (the cost check prices requests with it, before queueing)."""
+        from .limits import seconds_per_image
+
+        seconds_per_image(model)
+        return model
+
     @property
     def default_error(self) -> str | None:
         return self._default_error
+
+    def _key_lock(self, key: str) -> threading.Lock:
+        with self._lock:
+            return self._loading.setdefault(key, threading.Lock())
+
+    def loaded(self, key):
+        """The model for a key if it is loaded already, else None (never loads)."""
+        if key in (None, "", DEFAULT_KEY):
+            return self._default
+        with self._lock:
+            return self._hub.get(key)
 
     def get(self, key: str):
         """The model for a key; ModelLoadError with a message for the user."""
         if key in (None, "", DEFAULT_KEY):
             if self._default is None:
-                with self._load_lock:
+                with self._key_lock(DEFAULT_KEY):
                     if self._default is None:
                         self.load_default()
             if self._default is None:
                 raise ModelLoadError(self._default_error or "The default model is not available.")
             return self._default
         key = check_hub_id(key) if key not in PRESET_IDS else key
-        with self._load_lock:
-            if key in self._hub:
-                self._hub.move_to_end(key)
-                return self._hub[key]
+        found = self.loaded(key)
+        if found is not None:
+            with self._lock:
+                if key in self._hub:
+                    self._hub.move_to_end(key)
+            return found
+        with self._key_lock(key):
+            found = self.loaded(key)
+            if found is not None:
+                return found
             try:
-                model = load_model(key, device=self.device, allow_pickle=key in PRESET_IDS)
+                model = self._measured(load_model(key, device=self.device, allow_pickle=key in PRESET_IDS,
+                                                  max_side=max_side(self.device)))
             except ModelLoadError:
                 raise
             except Exception as e:
                 raise ModelLoadError(f"'{key}' could not be loaded ({type(e).__name__}: {str(e)[:300]})") from None
-            self._hub[key] = model
-            while len(self._hub) > self.max_cached:
-                old, _ = self._hub.popitem(last=False)
+            with self._lock:
+                self._hub[key] = model
+                while len(self._hub) > self.max_cached:
+                    self._hub.popitem(last=False)
             return model
 
     def run_lock(self, model) -> RunLock:
-        with self._load_lock:
+        with self._lock:
             return self._run_locks.setdefault(id(model), RunLock())
 
     def default_label(self) -> str:
@@ -152,9 +197,9 @@ def class_index(model, choice) -> int | None:
     if choice in names:
         return names.index(choice)
     s = str(choice).strip()
-    if s.isdigit() and int(s) < len(names):
+    if s.isascii() and s.isdigit() and int(s) < len(names):        # '²' is a digit to Python, not to int()
         return int(s)
-    raise ValueError(f"unknown class '{choice}': choose one of {', '.join(names)}, or 'any class'")
+    raise ValueError(f"unknown class {shown(choice)}: choose one of {', '.join(names)}, or 'any class'")
 
 
 def correction_choices(model) -> tuple[list[tuple[str, str]], list[str]]:

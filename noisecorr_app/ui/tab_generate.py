@@ -120,7 +120,14 @@ def build(store, model_key, model, concurrency: int) -> dict:
     go.click(GPU(duration=GPU_SECONDS)(named(generate, names)), [model_key, cls, sampler, steps, seed, n, correction, *ctrl.values()],
              [slider, base, fixed, metrics, sig, left, bundle], api_name="generate",
              concurrency_id=SAMPLING, concurrency_limit=concurrency)
-    return {"class": cls, "correction": correction, "steps": steps}
+
+    def precheck(values: dict):
+        """The cost of a request, from its raw values, before it is queued (``limits.RequestLimits``)."""
+        model = store.loaded(values.get("key"))
+        if model is not None:
+            parse_generate(model, *[values.get(k) for k in names[1:7]], *[values.get(c) for c in ctrl])
+
+    return {"class": cls, "correction": correction, "steps": steps, "precheck": precheck}
 
 
 def _start_value(method, control, model, steps):

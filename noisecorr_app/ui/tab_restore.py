@@ -11,7 +11,8 @@ from .common import GPU, GPU_SECONDS
 from .plots import CONSISTENCY_Y
 from ..restoration.tasks import RESTORE_STEPS, SIGMA_Y as NOISE, SIGMA_Y_SHOWN, TABS
 from .plots import EPS_Y, SIGMA_Y
-from .restore import EDITOR_SIDE, MAX_STEPS, editor_value, needs_exclusive_restore, parse_restore, preview, \
+from ..settings import STEPS
+from .restore import EDITOR_SIDE, MAX_STEPS, check_restore_cost, editor_value, needs_exclusive_restore, parse_restore, preview, \
     restore_outputs, run_restore
 from .state import restoration_plan
 from .wiring import SAMPLING, named, param_widget, seed_box, png, run_streamed, session_model, user_error
@@ -113,4 +114,11 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
                 return None
 
         image.change(fill_editor, [model_key, image], drawing, api_visibility="private")
-    return {"plan": plan_md}
+
+    def precheck(values: dict):
+        """The cost of a request, from its raw values, before it is queued (``limits.RequestLimits``)."""
+        model = store.loaded(values.get("key"))
+        if model is not None:
+            check_restore_cost(model, STEPS.narrowed(MAX_STEPS).parse(values.get("steps")))
+
+    return {"plan": plan_md, "precheck": precheck}

@@ -56,7 +56,9 @@ def user_error(err: Exception) -> gr.Error:
     if isinstance(err, gr.Error):
         return err
     if isinstance(err, ValueError):
-        return gr.Error(str(err), print_exception=False)
+        from .inputs import InputError
+
+        return InputError(str(err), print_exception=False)
     log.exception("run failed")
     return gr.Error(f"The run failed ({type(err).__name__}: {str(err)[:300]}).")
 
