@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, memory as _memory, serve_app
 from PIL import Image
 
 USERS = 8
@@ -73,59 +70,13 @@ def bad_requests(tmp: Path) -> list[tuple[str, list, str]]:
             ("/generate", ["cat", "euler-x", 2, 0, 1, "es", 3.0, 1.0, 1.005], "unknown sampler")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _memory(pid: int) -> dict[str, int]:
-    """VmRSS (now) and VmHWM (peak since start) of a process, bytes (Linux /proc)."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
-
-
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory):
-    """``python app.py`` in its own process: the way the app is served."""
-    import httpx
-
-    if not Path("/proc/self/status").exists():
-        pytest.skip("peak memory is read from /proc (Linux)")
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    port = _free_port()
-    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "HF_HUB_OFFLINE": "1",
-           "GRADIO_ANALYTICS_ENABLED": "False", "NOISECORR_CONCURRENCY": CONCURRENCY, "PYTHONUNBUFFERED": "1"}
-    env.pop("NOISECORR_MODEL", None)
-    log = log_path.open("w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.time() + 240
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"the server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "gradio_api/info", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise AssertionError(f"the server did not start in 240 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield {"url": url, "pid": proc.pid, "log": log_path}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    """``python app.py`` in its own process: the way the app is served. Its users all come from this
+    machine's address, so the per-client cap is lifted to the number of users."""
+    with serve_app(tmp_path_factory.mktemp("server"), NOISECORR_CONCURRENCY=CONCURRENCY,
+                   NOISECORR_PER_CLIENT=str(USERS)) as server:
+        yield server
 
 
 def _images(outputs, indices) -> list[np.ndarray]:

@@ -239,6 +239,14 @@ APP_REFUSED = [
     ("unknown-sampler", "/generate", "client", lambda f: gen(sampler="euler-x"), r"^unknown sampler 'euler-x' \(choose from"),
     ("unknown-correction", "/generate", "client", lambda f: gen(method="nope"), r"^unknown correction 'nope' \(choose from"),
     ("unknown-class", "/generate", "client", lambda f: gen(cls="zebra"), r"^unknown class 'zebra': choose one of airplane"),
+    ("class-superscript-two", "/generate", "client", lambda f: gen(cls="²"), r"^unknown class '²': choose one of airplane"),
+    # values of the wrong form, as any HTTP client may send them
+    ("steps-None", "/generate", "raw", lambda f: gen(steps=None), r"^Steps must be a number from 1 to 200, got None$"),
+    ("seed-10**400", "/generate", "raw", lambda f: gen(seed=10 ** 400),
+     r"^Seed must be a number of at least 0, got 10{59}\.\.\. \(401 characters\)$"),
+    ("image-as-text", "/super_resolution", "raw", lambda f: sr("hello"), r"^Image is not in the form this input takes"),
+    ("drawing-not-a-drawing", "/inpainting", "raw", lambda f: [None, "drawn", {"layers": 5}, 0.0, 1, 0],
+     r"^Drawing is not in the form this input takes"),
 ]
 
 

@@ -202,7 +202,10 @@ class RequestLimits:
         check = getattr(self.blocks, "prechecks", {}).get(getattr(fn, "api_name", None))
         if check is None:
             return None
-        values = dict(zip(_parameters(fn.fn), payload.get("data") or []))
+        names = _parameters(fn.fn)
+        if not scope["path"].rstrip("/").endswith("/queue/join"):      # /call/<name>: no session values
+            names = [n for n, b in zip(names, fn.inputs) if not getattr(b, "stateful", False)]
+        values = dict(zip(names, payload.get("data") or []))
         try:
             await anyio.to_thread.run_sync(check, values)
         except CostError as e:
