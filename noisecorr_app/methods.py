@@ -172,8 +172,9 @@ def for_steps(value, steps: int | None):
 
 
 def _model_file(model, key: str):
-    info = as_denoiser(model).info
-    where = f"{info.get('folder', 'the model')}/noisecorr.json"
+    model = as_denoiser(model)
+    info = model.info
+    where = f"{model.name}: noisecorr.json"        # the name a user gave, never a server's cache path
     value = info.get(key) or {}
     if not isinstance(value, dict):
         raise ValueError(f"{key} in {where} must be an object")

@@ -300,16 +300,18 @@ def test_loading_a_model_does_not_block_runs_on_another(monkeypatch, tmp_path):
     loader.join(30)
 
 
-def _hub_snapshot(cache, repo_id, sample_size=32, timesteps=1000):
+def _hub_snapshot(cache, repo_id, sample_size=32, timesteps=1000, weights=False, extra=None):
+    """A repo in a Hugging Face cache, as if downloaded earlier; its weights garbage unless ``weights``."""
     snap = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / ("a" * 40)
-    save_tiny_model(snap, layout="flat")
+    save_tiny_model(snap, layout="flat", extra=extra)
     config = json.loads((snap / "config.json").read_text())
     config["sample_size"] = sample_size
     (snap / "config.json").write_text(json.dumps(config))
     sched = json.loads((snap / "scheduler_config.json").read_text())
     sched["num_train_timesteps"] = timesteps
     (snap / "scheduler_config.json").write_text(json.dumps(sched))
-    (snap / "diffusion_pytorch_model.safetensors").write_bytes(b"not a weights file")
+    if not weights:
+        (snap / "diffusion_pytorch_model.safetensors").write_bytes(b"not a weights file")
     (snap.parents[1] / "refs").mkdir(parents=True)
     (snap.parents[1] / "refs" / "main").write_text("a" * 40)
 
@@ -333,18 +335,23 @@ def test_a_hub_model_is_bounded_before_its_weights_are_read(monkeypatch, tmp_pat
     assert str(tmp_path) not in str(err.value)
 
 
-def test_a_bad_noisecorr_json_is_named_without_the_server_path(tmp_path):
+def test_a_bad_noisecorr_json_is_named_without_the_server_path(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
     from noisecorr_app.methods import recommended_run
     from noisecorr_app.models.loading import ModelLoadError, load_model
 
-    folder = tmp_path / "model"
-    save_tiny_model(folder, layout="flat", extra={"recommended": {"method": "bogus"}})
-    with pytest.raises(ValueError) as err:
-        recommended_run(load_model(folder, device="cpu"))
-    assert "noisecorr.json" in str(err.value) and str(tmp_path) not in str(err.value).replace(str(folder), "")
-    (folder / "noisecorr.json").write_text("{torn")
-    with pytest.raises(ModelLoadError, match=r"^The noisecorr.json of '.*' is not readable JSON"):
-        load_model(folder, device="cpu")
+    _hub_snapshot(tmp_path, "someone/bad-advice", weights=True, extra={"recommended": {"method": "bogus"}})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"^recommended.method in someone/bad-advice: noisecorr.json must be") as err:
+        recommended_run(load_model("someone/bad-advice", device="cpu"))
+    assert str(tmp_path) not in str(err.value) and "snapshots" not in str(err.value)
+    snap = next(tmp_path.glob("models--someone--bad-advice/snapshots/*"))
+    (snap / "noisecorr.json").write_text("{torn")
+    with pytest.raises(ModelLoadError, match=r"^The noisecorr.json of 'someone/bad-advice' is not readable JSON") as err:
+        load_model("someone/bad-advice", device="cpu")
+    assert str(tmp_path) not in str(err.value)
 
 
 # -- the CLI's folders ----------------------------------------------------------------------------------

@@ -94,8 +94,8 @@ def png_in_cache(img, cache_dir: str, name: str = "image") -> str:
     folder = Path(cache_dir) / hashlib.sha256(data).hexdigest()
     path = folder / f"{name}.png"
     if path.exists():
-        try:                  # handed out again: the cache sweeper must count its age from now
-            os.utime(path)
+        try:                  # handed out again: the cache sweeper counts its age from now (its access
+            os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))    # time; its contents untouched)
         except OSError:
             pass
     if not path.exists():

@@ -247,7 +247,8 @@ async def _refuse(scope, receive, send, status: int, sentence: str):
 
 # -- disk -------------------------------------------------------------------------------------------
 def sweep(folders, max_age: float, keep=frozenset(), now: float | None = None) -> int:
-    """Delete the files under ``folders`` last written more than ``max_age`` seconds ago, except those in
+    """Delete the files under ``folders`` last written or handed out (their access time) more than
+    ``max_age`` seconds ago, except those in
     ``keep`` (the page's own pictures); empty folders left behind go too. Returns how many were deleted."""
     from pathlib import Path
 
@@ -263,7 +264,7 @@ def sweep(folders, max_age: float, keep=frozenset(), now: float | None = None) -
                 if path.is_dir():
                     if path != root and now - path.stat().st_mtime > max_age and not any(path.iterdir()):
                         path.rmdir()
-                elif now - path.stat().st_mtime > max_age and str(path.resolve()) not in keep:
+                elif now - max(path.stat().st_mtime, path.stat().st_atime) > max_age and str(path.resolve()) not in keep:
                     path.unlink()
                     removed += 1
             except OSError:           # gone already, or being written: the next sweep sees it
