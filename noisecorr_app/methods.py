@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .models.denoiser import as_denoiser
-from .models.registry import extras_for
+from .models.registry import extras_for, nlc_for
 from .settings import PARAMS, check_values
 from .sampling.corrections import NLC, Correction, EpsScaling, EstimatedLevel, NLCTable, SelfEstimate, TimeShift
 
@@ -29,11 +29,12 @@ class MethodSetup:
 class Need:
     """Something a model must have for a method: a test and, when it fails, the reason in plain words."""
     has: Callable[[object], bool]
-    missing: str
+    missing: str | Callable[[object], str]        # the reason, or a function of the model giving it
 
 
 NEEDS = {
-    "nlc": Need(lambda m: "nlc" in extras_for(m), "no trained NLC weights for this model yet"),
+    "nlc": Need(lambda m: "nlc" in extras_for(m),
+                lambda m: nlc_for(m)[1] or "no trained NLC weights for this model yet (`train nlc` makes them)"),
     "nlc-lut": Need(lambda m: "nlc-lut" in extras_for(m), "no NLC lookup table for this model yet"),
     "estimator": Need(lambda m: "estimator" in extras_for(m), "no noise-level estimator for this model"),
     "null-noise": Need(lambda m: bool(m.supports_null_noise), "the model was not trained with noise-condition dropout"),
@@ -71,7 +72,8 @@ class MethodSpec:
         return all(NEEDS[n].has(model) for n in self.needs)
 
     def why_unavailable(self, model) -> str | None:
-        missing = [NEEDS[n].missing for n in self.needs if not NEEDS[n].has(model)]
+        missing = [NEEDS[n].missing(model) if callable(NEEDS[n].missing) else NEEDS[n].missing
+                   for n in self.needs if not NEEDS[n].has(model)]
         return "; ".join(missing) or None
 
 

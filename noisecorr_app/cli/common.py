@@ -19,6 +19,8 @@ def model_args(p):
                    help="allow a pickle (.bin) checkpoint when no safetensors exist; read with weights_only=True")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU if present)")
     p.add_argument("--fp16", action="store_true", help="half-precision weights on a GPU (ignored on the CPU)")
+    p.add_argument("--nlc", default=None, help="folder or Hub repo id of NLC weights trained for this model (default: "
+                                               "the model's own, or those `train nlc` wrote for it)")
 
 
 def threads_arg(p):
@@ -32,7 +34,7 @@ def load(a):
 
     try:
         return load_model(a.model, device=a.device, allow_pickle=a.allow_pickle, revision=a.revision,
-                          dtype=torch.float16 if getattr(a, "fp16", False) else torch.float32)
+                          dtype=torch.float16 if getattr(a, "fp16", False) else torch.float32, nlc=getattr(a, "nlc", None))
     except ModelLoadError as e:
         raise UserError(str(e)) from None
 

@@ -35,7 +35,6 @@ def add_parsers(sub, esub):
 
     b = sub.add_parser("build-lut", help="record NLC's average correction as a lookup table")
     model_args(b)
-    b.add_argument("--nlc", default=None, help="NLC folder (default: <model folder>/nlc)")
     b.add_argument("--samplers", default=",".join(SAMPLERS))
     b.add_argument("--steps", default="10,20,50", help="step counts to record (comma-separated)")
     b.add_argument("--n", type=int, default=256, help="images per sampler and step count")
@@ -126,6 +125,7 @@ def build_lut(a):
 
     from ..extras.nlc import load_level_net
     from ..extras.nlc_table import build_table
+    from ..models.registry import nlc_for
     from ..sampling.run import MAX_STEPS
     from ..sampling.samplers import SAMPLERS
 
@@ -134,7 +134,9 @@ def build_lut(a):
     if a.n < 1:
         raise UserError(f"--n must be at least 1, got {a.n}")
     model = load(a)
-    nlc_dir = Path(a.nlc or Path(model.info["folder"]) / "nlc")
+    nlc_dir, why = nlc_for(model)
+    if nlc_dir is None:
+        raise UserError(f"no NLC weights for {model.name}: {why or 'train them with `train nlc`'}")
     try:
         net = load_level_net(nlc_dir, device=model.device)
     except (FileNotFoundError, ValueError) as e:

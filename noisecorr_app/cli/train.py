@@ -63,7 +63,12 @@ def add_parser(sub):
     e.add_argument("--out", default="weights/cifar10-noise-estimator")
     n = small_net("nlc", "train NLC's r_theta on a frozen denoiser's bottleneck features", 64, 3e-4, nlc)
     n.add_argument("--model", default=None, help="Hub id or folder (default: the embedded model)")
-    n.add_argument("--out", default=None, help="default: <model folder>/nlc")
+    n.add_argument("--out", default=None, help="default: <model folder>/nlc, or for a Hub model noisecorr's cache "
+                                                "(~/.cache/noisecorr/nlc/<owner--name>), where the app finds it")
+    n.add_argument("--data-free", action="store_true",
+                   help="train on images the model draws itself instead of --data (any model, no dataset)")
+    n.add_argument("--pool", type=int, default=2000, help="with --data-free: how many images the model draws")
+    n.add_argument("--pool-steps", type=int, default=100, help="with --data-free: DDIM steps per drawn image")
 
     cd = sub.add_parser("card", help="(re)write a trained denoiser's model card from its records and evaluation reports")
     cd.add_argument("--folder", default="weights/noisecorr-ddpm-cifar10")
@@ -162,9 +167,11 @@ def nlc(a):
 
     if a.out:
         training_folder(a.out, "nlc")
+    if a.data_free and (a.pool < 1 or a.pool_steps < 1):
+        raise UserError("--pool and --pool-steps must be at least 1")
     try:
-        train_nlc(a.model, a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                  max_minutes=a.minutes, threads=a.threads)
+        train_nlc(a.model, None if a.data_free else a.data, out=a.out, steps=a.steps, batch_size=a.batch_size,
+                  lr=a.lr, max_minutes=a.minutes, threads=a.threads, pool=a.pool, pool_steps=a.pool_steps)
     except ModelLoadError as e:
         raise UserError(str(e)) from None
 

@@ -40,7 +40,7 @@ def command_line(parser, args, prefix: str = "python -m noisecorr_app") -> str:
 def weights_fingerprint(model) -> str | None:
     """sha1 of a loaded model's weights files (a model still training changes them between runs);
     None for models without a folder (e.g. analytic ones)."""
-    from ..extras.storage import file_sha1
+    from ..models.cache import file_sha1
 
     folder = model.info.get("folder")
     if not folder:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .storage import file_sha1
+from ..models.cache import file_sha1
 
 DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[2] / "weights" / "cifar10-classifier"
 WEIGHTS_FILE = "model.safetensors"

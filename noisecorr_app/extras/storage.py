@@ -5,13 +5,13 @@ pickle is ever read.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
+
 
 
 def save_net(net: torch.nn.Module, folder: Path, kind: str, info: dict):
@@ -37,14 +37,6 @@ def load_net(folder: Path, build: Callable[[dict], torch.nn.Module], what: str, 
     return net.to(device).eval()
 
 
-def file_sha1(path: str | Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def atomic_write(path: str | Path, write, suffix: str = "") -> Path:
     """``write(tmp)`` to a temporary file of its own beside ``path``, then renamed into place: a reader
     never sees half a file, and two processes writing the same file at once do not collide."""
@@ -62,3 +54,4 @@ def atomic_write(path: str | Path, write, suffix: str = "") -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+

@@ -8,6 +8,7 @@ are huggingface_hub's own cache manager, so the cache stays in the layout every 
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -64,3 +65,11 @@ def cache_bound_from_env() -> int | None:
     if not gb > 0:
         raise ValueError(f"NOISECORR_HUB_CACHE_GB must be positive, got '{raw}'")
     return int(gb * 1e9)
+
+
+def file_sha1(path: str | Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -155,7 +155,8 @@ def _weights_kind(unet_dir: Path) -> str:
 def load_model(source: str | Path | None = None, *, device: str | torch.device | None = None,
                dtype: torch.dtype = torch.float32, allow_pickle: bool = False, revision: str | None = None,
                offline: bool | None = None, cache_dir: str | Path | None = None,
-               max_cache_bytes: int | None = None, max_side: int | None = None) -> UNetDenoiser:
+               max_cache_bytes: int | None = None, max_side: int | None = None,
+               nlc: str | Path | None = None) -> UNetDenoiser:
     """Load a diffusers UNet2DModel (DDPM type) as a sigma-space denoiser.
 
     source: a local folder, a Hub repo id, or None for the embedded default model.
@@ -163,6 +164,7 @@ def load_model(source: str | Path | None = None, *, device: str | torch.device |
     max_cache_bytes: after a Hub load, trim the Hub cache to this size, least recently used repos
     first (default: ``NOISECORR_HUB_CACHE_GB``, unset = no bound; see ``models/cache.py``).
     max_side: refuse, before reading any weights, a model whose images are larger (a server's bound).
+    nlc: a folder or Hub repo id holding NLC weights for this model (``registry.nlc_for`` checks they are its own).
     """
     from diffusers import DDPMScheduler, UNet2DModel
 
@@ -224,4 +226,4 @@ def load_model(source: str | Path | None = None, *, device: str | torch.device |
                         null_label=extra.get("null_class") if num_embeds and num_classes and num_embeds > num_classes else None,
                         null_timestep=extra.get("null_timestep"), class_names=extra.get("class_names"),
                         clip_sample=bool(sched.config.clip_sample),
-                        name=name, info={"folder": str(folder), **extra})
+                        name=name, info={"folder": str(folder), **extra, **({"nlc": str(nlc)} if nlc else {})})

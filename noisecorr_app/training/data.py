@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..extras.storage import atomic_write, file_sha1
+from ..extras.storage import atomic_write
+from ..models.cache import file_sha1
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DEFAULT_CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10" / "CIFAR-10-images-jpeg.tar.gz"

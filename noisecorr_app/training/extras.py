@@ -47,22 +47,79 @@ def nlc_loss(denoiser, eta_range: float = 0.5, max_t: int = 990, p_null_class: f
     return loss
 
 
-def train_nlc(model_source, data, out=None, steps=20_000, batch_size=64, lr=3e-4, max_minutes=None,
-              split="train", threads=None, blocks=2):
+POOL_SEED = 1_000_000      # the model's own training images start here: benchmarks sample from seed 0
+
+
+def model_samples(denoiser, n: int, steps: int = 100, seed: int = POOL_SEED, batch_size: int = 100):
+    """(images uint8 (n, C, H, W), labels) drawn from the model itself with ``steps`` DDIM steps (classes in
+    turn for a class-conditional model), cached in chunks under noisecorr's cache (keyed by the weights'
+    SHA-1): a second run, or one resumed after a stop, samples only what is missing."""
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    from ..extras.storage import atomic_write
+    from ..images import to_uint8
+    from ..models.registry import weights_sha1
+    from ..sampling.run import sample
+    from .data import cache_dir
+
+    folder = cache_dir() / "model-samples" / f"{(weights_sha1(denoiser) or denoiser.name)[:16]}-{steps}steps-seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    images, labels = [], []
+    for start in tqdm(range(0, n, batch_size), desc=f"samples of the model ({steps} DDIM steps)", unit="batch"):
+        count = min(batch_size, n - start)
+        chunk = folder / f"{start:07d}-{count}.safetensors"
+        if not chunk.exists():
+            lab = (torch.arange(start, start + count) % denoiser.num_classes) if denoiser.num_classes else None
+            with torch.no_grad():
+                res = sample(denoiser, sampler="ddim", steps=steps, n=count, seed=seed + start, labels=lab)
+            tensors = {"images": torch.from_numpy(to_uint8(res.images)).permute(0, 3, 1, 2).contiguous(),
+                       "labels": lab if lab is not None else torch.zeros(count, dtype=torch.long)}
+            atomic_write(chunk, lambda tmp, t=tensors: save_file(t, tmp), suffix=".safetensors")
+        loaded = load_file(chunk)
+        images.append(loaded["images"])
+        labels.append(loaded["labels"])
+    return torch.cat(images), torch.cat(labels)
+
+
+def _pool_batches(images, labels, batch_size, seed):
+    def make_batch(idx, g):
+        x = images[idx].float().div(127.5).sub(1)
+        flip = torch.rand(len(idx), generator=g) < 0.5
+        x[flip] = x[flip].flip(-1)
+        return x, labels[idx]
+
+    return lambda start: infinite_batches(len(labels), batch_size, make_batch, seed=seed + start)
+
+
+def train_nlc(model_source, data=None, out=None, steps=20_000, batch_size=64, lr=3e-4, max_minutes=None,
+              split="train", threads=None, blocks=2, pool: int = 2000, pool_steps: int = 100):
+    """Train NLC's r_theta for a frozen denoiser. ``data``: an image folder or tarball; None trains it data-free,
+    on ``pool`` images the model draws itself (``model_samples``). The weights record the denoiser's name and
+    the SHA-1 of its UNet weights (``registry.nlc_for`` finds them again for that model only)."""
     from ..models.loading import load_model
+    from ..models.registry import nlc_home, weights_sha1
 
     if threads:
         torch.set_num_threads(threads)
     denoiser = load_model(model_source)
-    out = Path(out or Path(denoiser.info["folder"]) / "nlc")
+    out = Path(out or nlc_home(denoiser))
     size = denoiser.sample_shape[-1]
     with torch.no_grad():
         f = denoiser.features(torch.zeros(1, *denoiser.sample_shape, device=denoiser.device), torch.tensor([1.0]))
     net = LevelNet(f.shape[1], f.shape[-1], blocks=blocks)
-    ds, batches = _batches(data, split, size, batch_size, seed=1)
+    if data is None:
+        images, labels = model_samples(denoiser, pool, pool_steps)
+        batches = _pool_batches(images, labels, batch_size, seed=1)
+        source = f"samples of the model itself: {pool} images, {pool_steps} DDIM steps, seeds from {POOL_SEED}"
+    else:
+        _, batches = _batches(data, split, size, batch_size, seed=1)
+        source = str(data)
     cfg = TrainConfig(steps=steps, lr=lr, ema_decay=0.9995, precision="fp32",
-                      extra=dict(model=str(model_source), data=str(data), batch_size=batch_size))
-    info = {"denoiser": denoiser.name, "data": str(data)}
+                      extra=dict(model=str(model_source), data=source, batch_size=batch_size))
+    folder = Path(denoiser.info.get("folder", ""))
+    revision = folder.name if "snapshots" in folder.parts else None       # a Hub snapshot: its commit
+    info = {"denoiser": denoiser.name, "denoiser_sha1": weights_sha1(denoiser), "revision": revision, "data": source}
     trainer = Trainer(net, nlc_loss(denoiser), out, cfg, device=denoiser.device, save_dtype=torch.float32,
                       on_checkpoint=lambda tr: save_level_net(_ema_copy(tr, net), out, {**info, "steps": tr.step}),
                       ema_fallback=lambda: load_file(out / "model.safetensors"))

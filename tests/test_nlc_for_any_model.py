@@ -1,0 +1,108 @@
+"""NLC for any model: trained without a dataset on the model's own samples, saved with the SHA-1 of the
+UNet weights it belongs to, found again for that model (its folder, noisecorr's cache for a Hub model, or a
+folder named for it) and refused for any other."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import save_tiny_model
+
+
+def _train(model, *extra, steps=2):
+    from noisecorr_app.cli import main
+
+    return main(["train", "nlc", "--model", str(model), "--data-free", "--pool", "6", "--pool-steps", "2",
+                 "--batch-size", "4", "--steps", str(steps), "--threads", "1", *extra])
+
+
+def _other_model(folder):
+    """The tiny model with one weight changed: the same architecture, another model."""
+    from safetensors.torch import load_file, save_file
+
+    save_tiny_model(folder)
+    path = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(path)
+    name = next(k for k in weights if k.endswith("bias"))
+    weights[name] = weights[name] + 0.01
+    save_file(weights, path)
+    return folder
+
+
+def test_data_free_nlc_trains_resumes_and_belongs_to_its_model(tmp_path, monkeypatch):
+    from noisecorr_app.methods import METHODS
+    from noisecorr_app.models.loading import load_model
+    from noisecorr_app.models.registry import nlc_for, weights_sha1
+
+    monkeypatch.setenv("NOISECORR_CACHE", str(tmp_path / "cache"))
+    model_dir = save_tiny_model(tmp_path / "model")
+    assert _train(model_dir) == 0
+    nlc = model_dir / "nlc"
+    record = json.loads((nlc / "config.json").read_text())["info"]
+    model = load_model(model_dir, device="cpu")
+    assert record["denoiser_sha1"] == weights_sha1(model) and record["data"].startswith("samples of the model itself")
+    chunks = sorted((tmp_path / "cache" / "model-samples").rglob("*.safetensors"))
+    assert len(chunks) == 1                                     # 6 images, one chunk
+    stamp = chunks[0].stat().st_mtime_ns
+
+    assert _train(model_dir, steps=4) == 0                      # the same command resumes
+    assert json.loads((nlc / "training" / "state.json").read_text())["step"] == 4
+    assert chunks[0].stat().st_mtime_ns == stamp                # the samples came from the cache
+
+    assert nlc_for(model) == (nlc, None) and METHODS["nlc"].available(model)
+    other = load_model(_other_model(tmp_path / "other"), device="cpu", nlc=nlc)
+    found, why = nlc_for(other)
+    assert found is None and "trained for another model" in why
+    assert not METHODS["nlc"].available(other) and "trained for another model" in METHODS["nlc"].why_unavailable(other)
+
+
+def test_a_hub_models_nlc_lives_in_noisecorrs_cache_and_is_found_there(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from noisecorr_app.methods import METHODS
+    from noisecorr_app.models.loading import load_model
+
+    snap = tmp_path / "hub" / "models--someone--tiny" / "snapshots" / ("b" * 40)
+    save_tiny_model(snap, layout="flat")
+    (snap.parents[1] / "refs").mkdir(parents=True)
+    (snap.parents[1] / "refs" / "main").write_text("b" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("NOISECORR_CACHE", str(tmp_path / "cache"))
+    assert not METHODS["nlc"].available(load_model("someone/tiny", device="cpu"))
+    assert _train("someone/tiny") == 0
+    home = tmp_path / "cache" / "nlc" / "someone--tiny"
+    assert json.loads((home / "config.json").read_text())["info"]["revision"] == "b" * 40
+    assert not (snap / "nlc").exists()                          # the Hub cache is left as downloaded
+    assert METHODS["nlc"].available(load_model("someone/tiny", device="cpu"))
+
+
+def test_nlc_refuses_an_out_of_another_kind(tmp_path, capsys):
+    from noisecorr_app.cli import main
+
+    model_dir = save_tiny_model(tmp_path / "model")
+    assert main(["train", "nlc", "--model", str(model_dir), "--data-free", "--out", str(model_dir)]) == 2
+    assert "holds a diffusion model (UNet), not NLC weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--pool", "--pool-steps"])
+def test_data_free_settings_are_checked(tmp_path, capsys, flag):
+    from noisecorr_app.cli import main
+
+    assert main(["train", "nlc", "--model", str(save_tiny_model(tmp_path / "m")), "--data-free", flag, "0"]) == 2
+    assert "--pool and --pool-steps must be at least 1" in capsys.readouterr().err
+
+
+def test_the_cli_takes_nlc_weights_named_for_a_model_and_refuses_another_models(tmp_path, monkeypatch, capsys):
+    from noisecorr_app.cli import main
+
+    monkeypatch.setenv("NOISECORR_CACHE", str(tmp_path / "cache"))
+    model_dir = save_tiny_model(tmp_path / "model")
+    assert _train(model_dir, "--out", str(tmp_path / "its-nlc")) == 0
+    common = ["sample", "--method", "nlc", "--steps", "2", "--n", "1", "--nlc", str(tmp_path / "its-nlc")]
+    assert main(common + ["--model", str(model_dir), "--out", str(tmp_path / "ok")]) == 0
+    assert sorted(p.suffix for p in (tmp_path / "ok").iterdir())[-1] == ".png"
+    capsys.readouterr()
+    assert main(common + ["--model", str(_other_model(tmp_path / "other")), "--out", str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err
+    assert "trained for another model" in err and "Traceback" not in err
