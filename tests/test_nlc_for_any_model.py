@@ -106,3 +106,33 @@ def test_the_cli_takes_nlc_weights_named_for_a_model_and_refuses_another_models(
     assert main(common + ["--model", str(_other_model(tmp_path / "other")), "--out", str(tmp_path / "no")]) == 2
     err = capsys.readouterr().err
     assert "trained for another model" in err and "Traceback" not in err
+
+
+def test_the_app_trains_nlc_for_a_model_that_has_none(tmp_path, monkeypatch):
+    """Where training is allowed (a GPU; here NOISECORR_APP_TRAINING=1 on a tiny model), one click trains NLC
+    from the model's own images and NLC becomes a correction of that model; where it is not (a CPU), the
+    page says how long it would take and gives the command."""
+    from gradio_client import Client
+
+    from noisecorr_app.ui.app import build_demo, launch
+
+    monkeypatch.setenv("NOISECORR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("NOISECORR_APP_TRAINING_SECONDS", "5")
+    model_dir = save_tiny_model(tmp_path / "model")
+    demo = build_demo(str(model_dir), device="cpu")          # training not allowed: the command instead
+    said = next(b.value for b in demo.blocks.values() if getattr(b, "elem_id", None) == "nlc-status")
+    assert "would take" in said and "train nlc --model" in said and "--data-free" in said
+
+    monkeypatch.setenv("NOISECORR_APP_TRAINING", "1")
+    demo = build_demo(str(model_dir), device="cpu")
+    launch(demo, prevent_thread_lock=True, server_port=None, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        outputs = client.predict(api_name="/train_nlc")
+        assert outputs[0].startswith("NLC trained for this model")
+        assert (model_dir / "nlc" / "model.safetensors").exists()
+        slider, base, fixed, metrics, *_ = client.predict("any class", "ddim", 2, 0, 1, "nlc", 1.0, 1.0, 1.0,
+                                                          api_name="/generate")
+        assert "corrected (nlc)" in metrics
+    finally:
+        demo.close()

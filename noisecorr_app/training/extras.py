@@ -92,37 +92,64 @@ def _pool_batches(images, labels, batch_size, seed):
     return lambda start: infinite_batches(len(labels), batch_size, make_batch, seed=seed + start)
 
 
-def train_nlc(model_source, data=None, out=None, steps=20_000, batch_size=64, lr=3e-4, max_minutes=None,
-              split="train", threads=None, blocks=2, pool: int = 2000, pool_steps: int = 100):
-    """Train NLC's r_theta for a frozen denoiser. ``data``: an image folder or tarball; None trains it data-free,
-    on ``pool`` images the model draws itself (``model_samples``). The weights record the denoiser's name and
-    the SHA-1 of its UNet weights (``registry.nlc_for`` finds them again for that model only)."""
-    from ..models.loading import load_model
+DATA_FREE = {"pool": 2000, "pool_steps": 100, "steps": 4000, "batch_size": 64}    # `train nlc --data-free`
+TRAINING_IMAGE_COST = 0.8     # network evaluations one training image costs (encoder features + r_theta), measured
+
+
+def data_free_seconds(seconds_per_image: float, pool: int, pool_steps: int, steps: int, batch_size: int) -> float:
+    """Estimated time of a data-free NLC run: drawing the images, then the training steps."""
+    return seconds_per_image * (pool * pool_steps + steps * batch_size * TRAINING_IMAGE_COST)
+
+
+def data_free_plan(seconds_per_image: float, budget_s: float | None = None) -> dict:
+    """The data-free recipe (DATA_FREE), made smaller until its estimate fits ``budget_s``: fewer DDIM steps
+    per drawn image (down to 25), fewer images (down to 500), then fewer training steps (down to 500)."""
+    plan = dict(DATA_FREE)
+    fits = lambda: budget_s is None or data_free_seconds(seconds_per_image, **plan) <= budget_s
+    for key, floor in (("pool_steps", 25), ("pool", 500), ("steps", 500)):
+        while not fits() and plan[key] > floor:
+            plan[key] = max(floor, plan[key] // 2)
+    plan["seconds"] = data_free_seconds(seconds_per_image, **plan)
+    return plan
+
+
+def nlc_trainer(denoiser, data=None, out=None, steps=20_000, batch_size=64, lr=3e-4, split="train", blocks=2,
+                pool: int = 2000, pool_steps: int = 100):
+    """(Trainer, batches) for NLC's r_theta on a loaded, frozen denoiser. ``data``: an image folder or tarball;
+    None trains it data-free, on ``pool`` images the model draws itself (``model_samples``). The weights record
+    the denoiser's name and the SHA-1 of its UNet weights (``registry.nlc_for`` finds them for that model only)."""
     from ..models.registry import nlc_home, weights_sha1
 
-    if threads:
-        torch.set_num_threads(threads)
-    denoiser = load_model(model_source)
     out = Path(out or nlc_home(denoiser))
-    size = denoiser.sample_shape[-1]
     with torch.no_grad():
-        f = denoiser.features(torch.zeros(1, *denoiser.sample_shape, device=denoiser.device), torch.tensor([1.0]))
+        f = denoiser.features(torch.zeros(1, *denoiser.sample_shape, device=denoiser.device),
+                              torch.tensor([1.0], device=denoiser.device))
     net = LevelNet(f.shape[1], f.shape[-1], blocks=blocks)
     if data is None:
         images, labels = model_samples(denoiser, pool, pool_steps)
         batches = _pool_batches(images, labels, batch_size, seed=1)
         source = f"samples of the model itself: {pool} images, {pool_steps} DDIM steps, seeds from {POOL_SEED}"
     else:
-        _, batches = _batches(data, split, size, batch_size, seed=1)
+        _, batches = _batches(data, split, denoiser.sample_shape[-1], batch_size, seed=1)
         source = str(data)
     cfg = TrainConfig(steps=steps, lr=lr, ema_decay=0.9995, precision="fp32",
-                      extra=dict(model=str(model_source), data=source, batch_size=batch_size))
+                      extra=dict(model=str(denoiser.name), data=source, batch_size=batch_size))
     folder = Path(denoiser.info.get("folder", ""))
     revision = folder.name if "snapshots" in folder.parts else None       # a Hub snapshot: its commit
     info = {"denoiser": denoiser.name, "denoiser_sha1": weights_sha1(denoiser), "revision": revision, "data": source}
     trainer = Trainer(net, nlc_loss(denoiser), out, cfg, device=denoiser.device, save_dtype=torch.float32,
                       on_checkpoint=lambda tr: save_level_net(_ema_copy(tr, net), out, {**info, "steps": tr.step}),
                       ema_fallback=lambda: load_file(out / "model.safetensors"))
+    return trainer, batches
+
+
+def train_nlc(model_source, data=None, out=None, max_minutes=None, threads=None, **settings):
+    """``nlc_trainer`` on the model ``model_source`` names, run to its steps (or ``max_minutes``)."""
+    from ..models.loading import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    trainer, batches = nlc_trainer(load_model(model_source), data, out, **settings)
     for _ in trainer.run(batches(trainer.step), max_minutes=max_minutes):
         pass
     return trainer

@@ -17,6 +17,7 @@ import json
 import platform
 import math
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -183,7 +184,9 @@ class Trainer:
         log_path = self.dir / "loss_log.csv"
         new_log = not log_path.exists()
         stop = {"now": False}
-        old = signal.signal(signal.SIGTERM, lambda *a: stop.update(now=True))
+        # a SIGTERM ends the run with a checkpoint; only the main thread may set a handler (the app trains in a worker)
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGTERM, lambda *a: stop.update(now=True)) if main else None
         start = last_ckpt = time.time()
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="train", unit="it", dynamic_ncols=True)
         running = None
@@ -225,7 +228,8 @@ class Trainer:
                         break
         finally:
             bar.close()
-            signal.signal(signal.SIGTERM, old)
+            if main:
+                signal.signal(signal.SIGTERM, old)
             self.save()
 
 

@@ -12,11 +12,11 @@ import logging
 import gradio as gr
 
 from ..models.loading import ModelLoadError
-from . import inputs as checked, limits, tab_generate, tab_restore
+from . import inputs as checked, limits, nlc_training, tab_generate, tab_restore
 from ..restoration.tasks import TABS
 from .state import ANY_CLASS, DEFAULT_KEY, OTHER_KEY, PRESET_IDS, ModelStore, class_choices, correction_choices, \
     default_correction, describe, picker_choices, resolve_choice, restoration_plan
-from .wiring import hub_message
+from .wiring import SAMPLING, hub_message, session_model
 
 EXPLAINED = """A diffusion model makes an image by removing noise in steps, following a schedule of how much
 noise should be left after each one. In practice some images keep more noise than the schedule says
@@ -101,6 +101,9 @@ def build_demo(model_source=None, device=None) -> gr.Blocks:
                 repo = gr.Textbox(label="Hub repo id (for 'Another Hub repo id')", placeholder="owner/name",
                                   scale=2)
                 load = gr.Button("Load model", scale=1)
+            said, offered = nlc_training.status(model)
+            nlc_md = gr.Markdown(said, elem_id="nlc-status")
+            train = gr.Button("Train NLC for this model", visible=offered, elem_id="train-nlc")
         model_md = gr.Markdown(header, elem_id="model-info")
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
@@ -128,15 +131,36 @@ def build_demo(model_source=None, device=None) -> gr.Blocks:
                 # the picker goes back to the model still in use, so it does not show the one that failed
                 shown = key if key in (DEFAULT_KEY, *PRESET_IDS) else OTHER_KEY
                 return [key, f"⚠️ **Could not load that model.** {msg}\n\n{current}", gr.update(value=shown),
-                        gr.update(value="" if shown != OTHER_KEY else key)] + [gr.skip()] * (3 + len(plans))
+                        gr.update(value="" if shown != OTHER_KEY else key)] + [gr.skip()] * (5 + len(plans))
             ok, _ = correction_choices(new)
+            said, offered = nlc_training.status(new)
             return ([target, describe(new), gr.skip(), gr.skip(), gr.update(choices=class_choices(new), value=ANY_CLASS),
-                     gr.update(choices=ok, value=default_correction(ok, new)), gr.update(value=tab_generate.start_steps(new))]
+                     gr.update(choices=ok, value=default_correction(ok, new)), gr.update(value=tab_generate.start_steps(new)),
+                     said, gr.update(visible=offered)]
                     + [restoration_plan(new)[1]] * len(plans))
 
         load.click(pick, [choice, repo, model_key],
-                   [model_key, model_md, choice, repo, gen["class"], gen["correction"], gen["steps"], *plans],
+                   [model_key, model_md, choice, repo, gen["class"], gen["correction"], gen["steps"], nlc_md, train, *plans],
                    api_name="load_model", concurrency_id="model-loading", concurrency_limit=1)
+
+        def train_nlc(key, progress=gr.Progress(track_tqdm=True)):
+            """Data-free NLC for the session's model, within the app's time budget; then NLC is a correction."""
+            model = session_model(store, key)
+            if not nlc_training.can_train(model):
+                raise gr.Error("Training NLC needs a GPU on this server: run the command shown instead.",
+                               print_exception=False)
+            with store.run_lock(model).hold(exclusive=True):
+                steps, plan = nlc_training.train(model)
+            ok, _ = correction_choices(model)
+            said, offered = nlc_training.status(model)
+            done = (f"NLC trained for this model ({steps:,} steps on {plan['pool']:,} of its own images) and ready: "
+                    f"pick it under 'Correction to compare with the baseline'.")
+            picked = "nlc" if "nlc" in [k for _, k in ok] else default_correction(ok, model)
+            return [said or done, gr.update(visible=offered), describe(model), gr.update(choices=ok, value=picked)] \
+                + [restoration_plan(model)[1]] * len(plans)
+
+        train.click(train_nlc, [model_key], [nlc_md, train, model_md, gen["correction"], *plans],
+                    api_name="train_nlc", concurrency_id=SAMPLING, concurrency_limit=concurrency)
     demo.queue(default_concurrency_limit=concurrency, max_size=limits.QUEUE_MAX)
     return demo
 

@@ -48,13 +48,25 @@ _speed_lock = threading.Lock()
 
 
 def seconds_per_image(model) -> float:
-    """Seconds one network evaluation of one image takes on this model and device, measured once and
-    remembered per model: the best of three calls on a batch of 8 (the app's batches are 1-16), or one
-    image when a single call already takes over half a second (a large model on a CPU)."""
+    """Seconds one network evaluation of one image costs a request on this model and device, measured once
+    and remembered per model: after a warm-up call, the best of three calls on a batch of 8 (the app's
+    batches are 1-16), or one image when a single call already takes over half a second (a large model on
+    a CPU). On a CPU it is measured on one thread, as each of a request's two runs computes side by side
+    with the other: a measurement on every core would be ruined by any other request running (threads
+    that wait for each other spin: ten times slower, measured), and the request's time is half the sum."""
+    import torch
+
+    from .common import CPU_THREADS, torch_threads
+
     key = (model.name, model.info.get("folder"), str(model.device))
     with _speed_lock:
         if key not in _speed:
-            _speed[key] = _measure(model, 1) if _measure(model, 1) > 0.5 else min(_measure(model, 8) for _ in range(3))
+            cpu = torch.device(model.device).type == "cpu"
+            with torch_threads(1 if cpu else torch.get_num_threads()):
+                _measure(model, 1)                   # the first call sets up its kernels: not timed
+                one = _measure(model, 1)
+                best = one if one > 0.5 else min(_measure(model, 8) for _ in range(3))
+            _speed[key] = best / min(2, CPU_THREADS) if cpu else best
         return _speed[key]
 
 
