@@ -4,19 +4,16 @@ a baseline with a noise-shift correction from the same seed. ``build_demo()`` ma
 upload sizes, old files deleted)."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
-import logging
-
 import gradio as gr
 
-from ..models.loading import ModelLoadError
-from . import inputs as checked, limits, nlc_training, tab_generate, tab_restore
 from ..restoration.tasks import TABS
-from .state import ANY_CLASS, DEFAULT_KEY, OTHER_KEY, PRESET_IDS, ModelStore, class_choices, correction_choices, \
-    default_correction, describe, picker_choices, resolve_choice, restoration_plan
-from .wiring import SAMPLING, hub_message, session_model
+from . import limits, model_panel, tab_generate, tab_restore
+from .inputs import input_name
+from .state import DEFAULT_KEY, ModelStore, describe
 
 EXPLAINED = """A diffusion model makes an image by removing noise in steps, following a schedule of how much
 noise should be left after each one. In practice some images keep more noise than the schedule says
@@ -68,7 +65,7 @@ class Page(gr.Blocks):
             try:
                 model.model_validate(value)
             except ValidationError:
-                raise gr.Error(f"{checked.input_name(block)} is not in the form this input takes (for an image: an "
+                raise gr.Error(f"{input_name(block)} is not in the form this input takes (for an image: an "
                                f"uploaded file, as gradio_client's handle_file sends it).", print_exception=False) from None
         try:
             return await super().preprocess_data(block_fn, inputs, state, explicit_call)
@@ -94,16 +91,7 @@ def build_demo(model_source=None, device=None) -> gr.Blocks:
                 gr.Image(str(NOISE_PICTURE), show_label=False, interactive=False, format="png",
                          label="Noise left in each of 2,000 images")
         model_key = gr.State(DEFAULT_KEY)
-        with gr.Accordion("Model", open=model is None):
-            with gr.Row():
-                choice = checked.Dropdown(picker_choices(store.default_label()), value=DEFAULT_KEY, label="Model",
-                                          scale=3)
-                repo = gr.Textbox(label="Hub repo id (for 'Another Hub repo id')", placeholder="owner/name",
-                                  scale=2)
-                load = gr.Button("Load model", scale=1)
-            said, offered = nlc_training.status(model)
-            nlc_md = gr.Markdown(said, elem_id="nlc-status")
-            train = gr.Button("Train NLC for this model", visible=offered, elem_id="train-nlc")
+        panel = model_panel.build(store, model)
         model_md = gr.Markdown(header, elem_id="model-info")
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
@@ -115,52 +103,7 @@ def build_demo(model_source=None, device=None) -> gr.Blocks:
                 plans.append(built["plan"])
                 demo.prechecks[tab] = built["precheck"]
 
-        def pick(choice_value, repo_id, key):
-            """Load the chosen model for this session; on failure say why and keep the previous one."""
-            target = choice_value
-            try:
-                target = resolve_choice(choice_value, repo_id)
-                new = store.get(target)
-            except (ValueError, ModelLoadError) as e:
-                msg = hub_message(repo_id if choice_value == OTHER_KEY else target, e)
-                gr.Warning(msg)
-                try:
-                    current = describe(store.get(key))
-                except (ValueError, ModelLoadError) as e2:
-                    current = describe(None, str(e2))
-                # the picker goes back to the model still in use, so it does not show the one that failed
-                shown = key if key in (DEFAULT_KEY, *PRESET_IDS) else OTHER_KEY
-                return [key, f"⚠️ **Could not load that model.** {msg}\n\n{current}", gr.update(value=shown),
-                        gr.update(value="" if shown != OTHER_KEY else key)] + [gr.skip()] * (5 + len(plans))
-            ok, _ = correction_choices(new)
-            said, offered = nlc_training.status(new)
-            return ([target, describe(new), gr.skip(), gr.skip(), gr.update(choices=class_choices(new), value=ANY_CLASS),
-                     gr.update(choices=ok, value=default_correction(ok, new)), gr.update(value=tab_generate.start_steps(new)),
-                     said, gr.update(visible=offered)]
-                    + [restoration_plan(new)[1]] * len(plans))
-
-        load.click(pick, [choice, repo, model_key],
-                   [model_key, model_md, choice, repo, gen["class"], gen["correction"], gen["steps"], nlc_md, train, *plans],
-                   api_name="load_model", concurrency_id="model-loading", concurrency_limit=1)
-
-        def train_nlc(key, progress=gr.Progress(track_tqdm=True)):
-            """Data-free NLC for the session's model, within the app's time budget; then NLC is a correction."""
-            model = session_model(store, key)
-            if not nlc_training.can_train(model):
-                raise gr.Error("Training NLC needs a GPU on this server: run the command shown instead.",
-                               print_exception=False)
-            with store.run_lock(model).hold(exclusive=True):
-                steps, plan = nlc_training.train(model)
-            ok, _ = correction_choices(model)
-            said, offered = nlc_training.status(model)
-            done = (f"NLC trained for this model ({steps:,} steps on {plan['pool']:,} of its own images) and ready: "
-                    f"pick it under 'Correction to compare with the baseline'.")
-            picked = "nlc" if "nlc" in [k for _, k in ok] else default_correction(ok, model)
-            return [said or done, gr.update(visible=offered), describe(model), gr.update(choices=ok, value=picked)] \
-                + [restoration_plan(model)[1]] * len(plans)
-
-        train.click(train_nlc, [model_key], [nlc_md, train, model_md, gen["correction"], *plans],
-                    api_name="train_nlc", concurrency_id=SAMPLING, concurrency_limit=concurrency)
+        model_panel.wire(store, panel, model_key, model_md, gen, plans, concurrency)
     demo.queue(default_concurrency_limit=concurrency, max_size=limits.QUEUE_MAX)
     return demo
 
