@@ -22,6 +22,18 @@ def start_steps(model) -> int:
         return FALLBACK_STEPS
 
 
+API = ["key", "class_name", "sampler_name", "n_steps", "seed_value", "n_images", "method"]    # then the controls
+
+
+def precheck(store):
+    """The endpoint's check of a request's raw values before it is queued (``limits.RequestLimits``): its cost."""
+    def check(values: dict):
+        model = store.loaded(values.get("key"))
+        if model is not None:
+            parse_generate(model, *[values.get(k) for k in API[1:]], *[values.get(c) for c in controls()])
+    return check
+
+
 def build(store, model_key, model, concurrency: int) -> dict:
     """The tab's widgets under the current gr.Tab; returns those the model picker updates."""
     ok, _ = correction_choices(model)
@@ -116,18 +128,11 @@ def build(store, model_key, model, concurrency: int) -> dict:
         b, c = png(out["baseline"], "baseline"), png(out["corrected"], "corrected")
         yield (b, c), b, c, out["metrics"], out["sigma"], out["leftover"], out["bundle"]
 
-    names = ["key", "class_name", "sampler_name", "n_steps", "seed_value", "n_images", "method", *ctrl]
+    names = [*API, *ctrl]
     go.click(GPU(duration=GPU_SECONDS)(named(generate, names)), [model_key, cls, sampler, steps, seed, n, correction, *ctrl.values()],
              [slider, base, fixed, metrics, sig, left, bundle], api_name="generate",
              concurrency_id=SAMPLING, concurrency_limit=concurrency)
-
-    def precheck(values: dict):
-        """The cost of a request, from its raw values, before it is queued (``limits.RequestLimits``)."""
-        model = store.loaded(values.get("key"))
-        if model is not None:
-            parse_generate(model, *[values.get(k) for k in names[1:7]], *[values.get(c) for c in ctrl])
-
-    return {"class": cls, "correction": correction, "steps": steps, "precheck": precheck}
+    return {"class": cls, "correction": correction, "steps": steps, "precheck": precheck(store)}
 
 
 def _start_value(method, control, model, steps):

@@ -33,6 +33,15 @@ def eps_plot(label="||eps|| / sqrt(n) per step (1 = the network sees the level i
                        label=label, x_title="step", y_title="||eps||/sqrt(n)")
 
 
+def precheck(store):
+    """The endpoint's check of a request's raw values before it is queued (``limits.RequestLimits``): its cost."""
+    def check(values: dict):
+        model = store.loaded(values.get("key"))
+        if model is not None:
+            check_restore_cost(model, STEPS.narrowed(MAX_STEPS).parse(values.get("steps")))
+    return check
+
+
 def build(store, model_key, model, concurrency: int, tab: str) -> dict:
     """The tab's widgets under the current gr.Tab; returns those the model picker updates."""
     task = TABS[tab]
@@ -114,11 +123,4 @@ def build(store, model_key, model, concurrency: int, tab: str) -> dict:
                 return None
 
         image.change(fill_editor, [model_key, image], drawing, api_visibility="private")
-
-    def precheck(values: dict):
-        """The cost of a request, from its raw values, before it is queued (``limits.RequestLimits``)."""
-        model = store.loaded(values.get("key"))
-        if model is not None:
-            check_restore_cost(model, STEPS.narrowed(MAX_STEPS).parse(values.get("steps")))
-
-    return {"plan": plan_md, "precheck": precheck}
+    return {"plan": plan_md, "precheck": precheck(store)}
