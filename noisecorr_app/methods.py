@@ -247,6 +247,18 @@ def cached_extra(kind: str, path, model, loader):
     return _extras[key]
 
 
+def level_reader_for(model):
+    """What reads the noise level of a model's states for the per-step plots and leftover-noise figures: its
+    trained noise-level estimator, else the wavelet reading (``extras/wavelet.py``: any image domain and size,
+    nothing trained), else None. Methods that guide or correct with an estimator ask ``load_estimator_for``."""
+    from .extras.wavelet import WaveletLevel, usable
+
+    found = load_estimator_for(model)
+    if found is None and usable(model.sample_shape):
+        found = WaveletLevel(model.sample_shape[-1])
+    return found
+
+
 def load_estimator_for(model):
     from .extras.estimator import load_estimator
 

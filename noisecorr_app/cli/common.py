@@ -127,7 +127,7 @@ def check_early(a):
 
 def method_kwargs(a, model) -> dict:
     """sample() keyword arguments for --method and its settings (correction, guidance, estimator)."""
-    from ..methods import load_estimator_for, setup
+    from ..methods import level_reader_for, setup
 
     values = given_params(a)
     cfg = values.pop("cfg_scale", PARAMS["cfg_scale"].default)
@@ -136,7 +136,7 @@ def method_kwargs(a, model) -> dict:
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
     kw = {"correction": ms.correction, "cfg_scale": cfg, "clip_x0": clip_choice(a), **ms.options}
-    kw.setdefault("estimator", load_estimator_for(model))     # sigma_est in traces when an estimator exists
+    kw.setdefault("estimator", level_reader_for(model))     # sigma_est in traces when the level can be read
     return kw
 
 

@@ -263,7 +263,7 @@ def generation(a):
     from ..evaluation.metrics import METRIC_NOTE, feature_stats, reference_features
     from ..evaluation.plots import write_generation_plots
     from ..evaluation.results import command_line, markdown_table, weights_fingerprint
-    from ..methods import METHODS, load_estimator_for, recommendations
+    from ..methods import METHODS, level_reader_for, recommendations
     from ..sampling.run import MAX_STEPS
     from ..sampling.samplers import SAMPLERS
 
@@ -302,7 +302,7 @@ def generation(a):
                                params=params, kid_subsets=a.kid_subsets, kid_subset_size=a.kid_subset_size,
                                clip_x0=clip_choice(a))
     text = markdown_table(GENERATION_COLUMNS, rows)
-    estimator = load_estimator_for(model)
+    estimator = level_reader_for(model)
     est_ref = None if estimator is None else estimator.reference
     notes = [METRIC_NOTE,
              "leftover median / p90: the noise-level estimator's reading of the final images (real photos read "

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..training.data import default_cifar10
+from ..training.data import default_cifar10, default_photos
 from .common import UserError, choices, ints, load, model_args, threads, threads_arg
 
 ESTIMATOR = "weights/cifar10-noise-estimator"
+PHOTO_CROPS = 400
 
 
 def add_parsers(sub, esub):
@@ -27,6 +28,11 @@ def add_parsers(sub, esub):
     rl = sub.add_parser("reference-level", help="store the noise-level estimator's reading of real held-out "
                                                 "images: the reference for the leftover noise of generated ones")
     rl.add_argument("--estimator", default=ESTIMATOR)
+    rl.add_argument("--wavelet", action="store_true",
+                    help="instead: the wavelet reading's (any model), per --sizes: CIFAR-10 test images at 32 pixels, "
+                         "crops of --photos at the others")
+    rl.add_argument("--sizes", default="32,64,128,256", help="with --wavelet: image sizes")
+    rl.add_argument("--photos", default=str(default_photos()), help="with --wavelet: a folder of photos")
     rl.add_argument("--data", default=str(default_cifar10()))
     rl.add_argument("--images", type=int, default=5000, help="N random images of the test split (default: 5000)")
     rl.add_argument("--seed", type=int, default=0, help="picks the N images")
@@ -47,6 +53,10 @@ def add_parsers(sub, esub):
 
     ee = esub.add_parser("estimator", help="the noise-level estimator's error per decade of sigma (held-out images)")
     ee.add_argument("--estimator", default=ESTIMATOR)
+    ee.add_argument("--wavelet", action="store_true", help="instead: the wavelet reading (nothing trained, any size)")
+    ee.add_argument("--size", type=int, default=32, help="with --wavelet: image size (32: CIFAR-10 test images; "
+                                                         "others: crops of --photos)")
+    ee.add_argument("--photos", default=str(default_photos()), help="with --wavelet: a folder of photos")
     ee.add_argument("--data", default=str(default_cifar10()))
     ee.add_argument("--images", type=int, default=2000, help="test images to draw from")
     ee.add_argument("--n", type=int, default=512, help="noised images per decade")
@@ -99,6 +109,42 @@ def calibrate_estimator(a):
     print(f"calibrated {folder}: {a.knots} levels from 0.01 to 160, {len(images)} train images each")
 
 
+def _real_images(a, size: int, n: int, seed: int, split: str = "test"):
+    """Real, clean images of ``size`` pixels: CIFAR-10's ``split`` at 32 (a seeded random subset; the split is
+    stored class by class), crops of the photos otherwise (at most PHOTO_CROPS: a 256-pixel crop is 0.8 MB)."""
+    import numpy as np
+
+    from ..training.data import load_images, photo_crops, to_tensor
+
+    try:
+        if size == 32:
+            ds = load_images(a.data, split=split)
+            pick = np.random.default_rng(seed).permutation(len(ds))[:n]
+            return to_tensor(ds.images[np.sort(pick)])
+        return photo_crops(a.photos, size, min(n, PHOTO_CROPS), seed=seed)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+
+
+def wavelet_reference(a):
+    from ..evaluation.results import command_line
+    from ..extras.estimator import reference_level as read_reference
+    from ..extras.wavelet import REFERENCE_FILE, WaveletLevel, usable
+
+    sizes = ints(a.sizes, "--sizes", 8, 4096)
+    if any(not usable((3, s, s)) for s in sizes) or a.images < 10:
+        raise UserError("--sizes must be even numbers of at least 8 pixels, and --images at least 10")
+    out = {}
+    for size in sizes:
+        out[str(size)] = {**read_reference(WaveletLevel(size, {}), _real_images(a, size, a.images, a.seed)),
+                          "data": "CIFAR-10 test" if size == 32 else f"crops of {Path(a.photos).name}/"}
+        r = out[str(size)]
+        print(f"{size:4d} px: real images read {r['p10']:.4f} / {r['median']:.4f} / {r['p90']:.4f} (p10 / median / p90)")
+    REFERENCE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    REFERENCE_FILE.write_text(json.dumps({"sizes": out, "seed": a.seed, "command": command_line(a.parser, a)}, indent=1))
+    print(f"stored in {REFERENCE_FILE}")
+
+
 def reference_level(a):
     import numpy as np
 
@@ -106,6 +152,8 @@ def reference_level(a):
     from ..extras.estimator import reference_level as read_reference
     from ..training.data import to_tensor
 
+    if a.wavelet:
+        return wavelet_reference(a)
     if a.images < 10:
         raise UserError(f"--images must be at least 10, got {a.images}")
     folder, est, ds = _estimator_and_data(a, "test")
@@ -155,6 +203,15 @@ def evaluate_estimator(a):
     from ..evaluation.estimator import estimator_reader
     from ..extras.estimator import load_estimator
 
+    if a.wavelet:
+        from ..extras.wavelet import WaveletLevel, usable
+
+        if not usable((3, a.size, a.size)):
+            raise UserError(f"--size must be an even number of at least 8 pixels, got {a.size}")
+        threads(a)
+        images = _real_images(a, a.size, a.images, seed=1)        # not the reference's images (seed 0)
+        return _decade_report(a, estimator_reader(WaveletLevel(a.size, {})), {"reader": "wavelet", "size": a.size},
+                              images=images, sigma_min=0.1 if a.size != 32 else 0.01)
     try:
         est = load_estimator(a.estimator)
     except (FileNotFoundError, ValueError) as e:
@@ -174,20 +231,23 @@ def evaluate_nlc(a):
     _decade_report(a, nlc_reader(model, load_level_net(path, device=model.device)), {"model": model.name, "nlc": str(path)})
 
 
-def _decade_report(a, reader, about: dict):
-    """Per-decade error of a level reader on held-out forward-noised images: printed, and as JSON."""
+def _decade_report(a, reader, about: dict, images=None, sigma_min: float = 0.01):
+    """Per-decade error of a level reader on held-out forward-noised images (CIFAR-10 test unless ``images``):
+    printed, and as JSON."""
     from ..evaluation.estimator import error_per_decade
     from ..training.data import load_images, to_tensor
 
     threads(a)
-    try:
-        ds = load_images(a.data, split="test")
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from None
-    rows = error_per_decade(reader, to_tensor(ds.images[: a.images]), per_decade=a.n,
-                            batch_size=getattr(a, "batch_size", 256))
-    print(f"{'sigma':>12} {'bias (log)':>11} {'mean |log err|':>15} {'within 10%':>11}")
+    if images is None:
+        try:
+            images = to_tensor(load_images(a.data, split="test").images[: a.images])
+        except (FileNotFoundError, ValueError) as e:
+            raise UserError(str(e)) from None
+    rows = error_per_decade(reader, images, per_decade=a.n, batch_size=getattr(a, "batch_size", 256),
+                            sigma_min=sigma_min)
+    print(f"{'sigma':>12} {'bias (log)':>11} {'mean |log err|':>15} {'median |log err|':>17} {'within 10%':>11}")
     for r in rows:
-        print(f"{r['decade']:>12} {r['bias_log']:11.4f} {r['mean_abs_log_error']:15.4f} {r['within_10pct']:11.3f}")
+        print(f"{r['decade']:>12} {r['bias_log']:11.4f} {r['mean_abs_log_error']:15.4f} "
+              f"{r['median_abs_log_error']:17.4f} {r['within_10pct']:11.3f}")
     if a.json:
         Path(a.json).write_text(json.dumps({**about, "images": a.images, "per_decade": a.n, "rows": rows}, indent=1))

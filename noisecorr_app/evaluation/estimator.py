@@ -52,6 +52,7 @@ def error_per_decade(reader: Reader, images: torch.Tensor, sigma_min: float = 0.
         e = torch.cat(errs)
         rows.append({"decade": f"{a:g}-{b:g}", "bias_log": round(e.mean().item(), 4),
                      "mean_abs_log_error": round(e.abs().mean().item(), 4),
+                     "median_abs_log_error": round(e.abs().median().item(), 4),
                      "within_10pct": round((e.abs() < math.log(1.1)).float().mean().item(), 3)})
         lo += 1
     return rows

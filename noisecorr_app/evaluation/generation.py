@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..images import to_uint8
-from ..methods import available, load_estimator_for, setup
+from ..methods import available, level_reader_for, setup
 from ..sampling.run import merge_results, sample
 from ..sampling.trace import level_bands
 from .metrics import extract_features, fid, kid
@@ -64,7 +64,7 @@ def run_cell(model, method: str, params: dict, *, sampler: str, steps: int, n: i
     """Sample one cell in batches; returns uint8 images, the merged result, NFE and seconds per image."""
     ms = setup(method, model, steps=steps, **params)
     options = dict(ms.options)
-    found = options.get("estimator") or load_estimator_for(model)     # nag-est's own, else for the trace
+    found = options.get("estimator") or level_reader_for(model)      # nag-est's own, else for the trace
     est = options["estimator"] = TimedEstimator(found) if found is not None else None
     results = []
     for start in range(0, n, batch_size):

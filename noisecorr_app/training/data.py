@@ -39,6 +39,30 @@ def cache_dir() -> Path:
     return d
 
 
+def default_photos() -> Path:
+    """The photos in ../shared/data (Kodak24 and scikit-image's), for sizes other than CIFAR-10's."""
+    return Path(os.environ.get("NOISECORR_PHOTOS", DEFAULT_CIFAR.parents[1] / "photos"))
+
+
+def photo_crops(folder: str | Path, size: int, n: int, seed: int = 0):
+    """``n`` random square crops of the photos under ``folder`` (side from ``size`` to the photo's shorter
+    one), each resized to ``size`` pixels: (n, 3, size, size) in [-1, 1]. ValueError if there are none."""
+    from PIL import Image
+
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not paths:
+        raise ValueError(f"no photos (PNG or JPEG) under {folder}")
+    photos = [Image.open(p).convert("RGB") for p in paths]
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        im = photos[i % len(photos)]
+        side = int(rng.integers(min(size, min(im.size)), min(im.size) + 1))
+        x, y = int(rng.integers(0, im.width - side + 1)), int(rng.integers(0, im.height - side + 1))
+        out.append(np.asarray(im.crop((x, y, x + side, y + side)).resize((size, size), Image.BICUBIC)))
+    return to_tensor(np.stack(out))
+
+
 def default_cifar10() -> Path:
     """The CIFAR-10 tarball in ../shared/data beside the checkout (None-safe: check .exists())."""
     return Path(os.environ.get("NOISECORR_CIFAR10", DEFAULT_CIFAR))

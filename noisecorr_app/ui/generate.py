@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..images import grid, to_pil
-from ..methods import METHODS, declared, defaults_for, load_estimator_for, method_params, recommended_values, setup, spec
+from ..methods import METHODS, declared, defaults_for, level_reader_for, method_params, recommended_values, setup, spec
 from ..sampling.run import sample
 from ..sampling.samplers import NFE_PER_STEP, SAMPLERS
 from ..settings import PARAMS, STEPS
@@ -145,7 +145,7 @@ def run_kwargs(model, req: GenerateRequest) -> tuple[dict, dict]:
     reads the states (and guides only with nag-est), so the baseline is the plain sampler."""
     common = dict(sampler=req.sampler, steps=req.steps, n=req.n, seed=req.seed,
                   labels=None if req.label is None else [req.label] * req.n, cfg_scale=req.cfg_scale)
-    estimator = load_estimator_for(model)
+    estimator = level_reader_for(model)
     ms = setup(req.method, model, steps=req.steps, sampler=req.sampler, **req.params)
     base = {**common, "estimator": estimator}
     corrected = {**common, "correction": ms.correction, **ms.options}
@@ -236,7 +236,7 @@ def metrics_markdown(req: GenerateRequest, runs: dict) -> str:
     if b.leftover is None:
         desc += " No noise-level estimator for this model: no noise figures."
     elif "real_median" in fb:
-        desc += (f" Noise is the noise-level estimator's reading (σ): clean real photos read {fb['real_median']:.3f} "
+        desc += (f" Noise is the noise level read off each image (σ): clean real photos read {fb['real_median']:.3f} "
                  f"(median), 90% of them below {fb['real_p90']:.3f}. Each image's reading is under it in the grids.")
     said = outcome(b, c, req.method)
     return "\n".join(([said, ""] if said else []) + [desc, "", *lines]

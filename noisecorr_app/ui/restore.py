@@ -10,7 +10,7 @@ import torch
 
 from ..evaluation.metrics import psnr, ssim
 from ..images import prepare_image, to_pil
-from ..methods import load_estimator_for, restoration_correction, restoration_settings
+from ..methods import level_reader_for, restoration_correction, restoration_settings
 from ..restoration.methods import degrade, restore
 from ..restoration.operators import Inpainting, make_operator, mask_from_image
 from ..restoration.tasks import RESTORATION_METHODS, SIGMA_Y, TABS
@@ -135,7 +135,7 @@ def run_restore(model, req: RestoreRequest, x, op, on_event=None, stop=None) -> 
     reads the states, so the restorations are the library's own."""
     y = degrade(op, x.to(model.device), req.sigma_y, seed=req.seed)
     method, correction = corrected_setup(model)
-    estimator = load_estimator_for(model)
+    estimator = level_reader_for(model)
     net = interruptible(model, stop)
     jobs = {}
     for run, m, corr in (("baseline", "ddnm", None), ("corrected", method, correction)):
