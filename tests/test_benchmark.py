@@ -2,11 +2,13 @@
 JSON schema and values, resuming without recomputation, skipped methods, Markdown and plots."""
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import save_tiny_model
+from conftest import ROOT, save_tiny_model
 from PIL import Image
 
 from noisecorr_app.cli import main
@@ -259,3 +261,46 @@ def test_default_images_are_a_seeded_sample_of_the_test_split(fid_setup):
     assert "test" in source and note.startswith("CIFAR-10 test images resized to 16x16")
     with pytest.raises(ValueError, match="more than the 6 test images"):
         restoration.load_eval_images(None, 7, 16, cifar=data)
+
+
+LAUNCHERS = {"one": [sys.executable, "-m", "noisecorr_app"],
+             "two": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "noisecorr_app"]}
+
+
+def _launched(args_for, tmp_path) -> dict:
+    """The rows of one command run as one process and under `accelerate launch` with 2 processes (on CPUs:
+    accelerate's multi-process launcher, gloo)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    rows = {}
+    for name, launcher in LAUNCHERS.items():
+        out = tmp_path / name
+        out.mkdir(parents=True)
+        args = args_for(out)
+        done = subprocess.run([*launcher, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        assert ("2 processes shared the batches" in done.stdout) == (name == "two"), done.stdout[-2000:]
+        rows[name] = json.loads(Path(args[args.index("--json") + 1]).read_text())["rows"]
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds_per_image", "finished_at")} for r in rs]
+    return {k: strip(v) for k, v in rows.items()}
+
+
+def test_accelerate_launch_with_two_processes_gives_the_same_rows(equipped_model, fid_setup, tmp_path):
+    """`accelerate launch` splits each cell's batches between processes and gathers them: the rows equal a
+    one-process run's with the same seeds (each batch is made whole, by one process)."""
+    data, clf = fid_setup
+
+    def generation(out):
+        args = generation_args(equipped_model, data, clf, out, methods="none,nag", plots=False)
+        args[args.index("--steps") + 1] = "2"
+        return args
+
+    rows = _launched(generation, tmp_path / "gen")
+    assert len(rows["one"]) == 4 and rows["one"] == rows["two"]
+    images = image_folder(tmp_path / "imgs")
+    rows = _launched(lambda out: restoration_args(equipped_model, images, out, methods="ddnm,iterproj-nlc")
+                     [:-2] + ["--tasks", "sr4,deblur", "--sigma-y", "0.05"], tmp_path / "rest")
+    assert len(rows["one"]) == 4 and rows["one"] == rows["two"]

@@ -262,6 +262,7 @@ def generation(a):
     from ..evaluation.generation import KEY, Reference, evaluate_generation
     from ..evaluation.metrics import METRIC_NOTE, feature_stats, reference_features
     from ..evaluation.plots import write_generation_plots
+    from ..evaluation.parallel import count, is_main
     from ..evaluation.results import command_line, markdown_table, weights_fingerprint
     from ..methods import METHODS, level_reader_for, recommendations
     from ..sampling.run import MAX_STEPS
@@ -301,6 +302,10 @@ def generation(a):
                                batch_size=a.batch_size, labels=labels, schedule=a.schedule, eta=a.eta,
                                params=params, kid_subsets=a.kid_subsets, kid_subset_size=a.kid_subset_size,
                                clip_x0=clip_choice(a))
+    if not is_main():                    # under `accelerate launch`: the main process reports
+        return
+    if count() > 1:
+        print(f"{count()} processes shared the batches")
     text = markdown_table(GENERATION_COLUMNS, rows)
     estimator = level_reader_for(model)
     est_ref = None if estimator is None else estimator.reference
@@ -323,6 +328,7 @@ def generation(a):
 
 def restoration(a):
     from ..evaluation.restoration import KEY, evaluate_restoration, load_eval_images
+    from ..evaluation.parallel import count, is_main
     from ..evaluation.results import command_line, markdown_table, weights_fingerprint
     from ..restoration.tasks import RESTORATION_METHODS, SIGMA_Y, TASKS
     from ..sampling.run import MAX_STEPS
@@ -366,6 +372,10 @@ def restoration(a):
     table = open_table(a, KEY, settings, {"benchmark": "restoration", "command": command, "model": model.name})
     rows = evaluate_restoration(model, x, table, tasks=tasks, methods=methods, sigma_ys=sigma_ys, steps=a.steps,
                                 seed=a.seed, batch_size=a.batch_size, task_settings=task_settings, **options)
+    if not is_main():                    # under `accelerate launch`: the main process reports
+        return
+    if count() > 1:
+        print(f"{count()} processes shared the batches")
     text = markdown_table(RESTORATION_COLUMNS, rows)
     notes = [f"images: {source}" + (f" ({note})" if note else ""),
              "PSNR/SSIM on [0, 1] pixels, averaged over the images; consistency: mean ||A x - y|| (model's "

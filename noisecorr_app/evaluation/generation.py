@@ -19,6 +19,7 @@ from ..images import to_uint8
 from ..methods import available, level_reader_for, setup
 from ..sampling.run import merge_results, sample
 from ..sampling.trace import level_bands
+from . import parallel
 from .metrics import extract_features, fid, kid
 from .results import ResultsFile, finite_or_none
 
@@ -67,19 +68,28 @@ def run_cell(model, method: str, params: dict, *, sampler: str, steps: int, n: i
     found = options.get("estimator") or level_reader_for(model)      # nag-est's own, else for the trace
     est = options["estimator"] = TimedEstimator(found) if found is not None else None
     results = []
-    for start in range(0, n, batch_size):
+    for start in parallel.share(list(range(0, n, batch_size))):     # all of them in one process
         k = min(batch_size, n - start)
-        results.append(sample(model, sampler=sampler, steps=steps, n=k, seeds=[seed + start + i for i in range(k)],
-                              labels=None if labels is None else labels[start:start + k], schedule=schedule,
-                              correction=ms.correction, progress=(lambda r: progress(k)) if progress else None,
-                              clip_x0=clip_x0, **options,
-                              **({"eta": eta} if sampler == "ddim" else {})))
+        reading = est.seconds if est is not None else 0.0
+        res = sample(model, sampler=sampler, steps=steps, n=k, seeds=[seed + start + i for i in range(k)],
+                     labels=None if labels is None else labels[start:start + k], schedule=schedule,
+                     correction=ms.correction, progress=(lambda r: progress(k)) if progress else None,
+                     clip_x0=clip_x0, **options, **({"eta": eta} if sampler == "ddim" else {}))
         if est is not None:       # sample() reads its final images after its clock stops: not in est's total
             est.seconds -= est.last
-    res = merge_results(results)
-    seconds = res.seconds - (est.seconds if est is not None else 0.0)
+        results.append((start, on_cpu(res), (est.seconds if est is not None else 0.0) - reading))
+    results = sorted(parallel.gather(results), key=lambda r: r[0])
+    res = merge_results([r for _, r, _ in results])
+    seconds = res.seconds - sum(reading for _, _, reading in results)
     return {"images": to_uint8(res.images), "result": res, "records": res.records, "nfe": res.nfe_per_image,
             "seconds_per_image": seconds / n}
+
+
+def on_cpu(res):
+    """A batch's result with its images on the CPU, to travel between processes."""
+    res.images = res.images.cpu()
+    res.leftover = None if res.leftover is None else res.leftover.cpu()
+    return res
 
 
 def score(classifier, images: np.ndarray, ref: Reference, kid_subsets: int, kid_subset_size: int, seed: int,
@@ -108,13 +118,17 @@ def evaluate_generation(model, classifier, ref: Reference, table: ResultsFile, *
     runnable = [m for m in methods if can[m]]
     cells = [(s, k, m) for s in samplers for k in steps for m in runnable]
     todo = table.todo(cells, log)
-    with tqdm(total=len(todo), desc="cells", unit="cell") as outer:
+    with tqdm(total=len(todo), desc="cells", unit="cell", disable=not parallel.is_main()) as outer:
         for sampler, k, method in todo:
             outer.set_postfix_str(f"{sampler} {k} steps {method}")
-            with tqdm(total=n * k, desc=f"  {sampler} {k} {method}", unit="img-step", leave=False) as bar:
+            with tqdm(total=n * k, desc=f"  {sampler} {k} {method}", unit="img-step", leave=False,
+                      disable=not parallel.is_main()) as bar:
                 cell = run_cell(model, method, params, sampler=sampler, steps=k, n=n, seed=seed,
                                 batch_size=batch_size, labels=labels, schedule=schedule, eta=eta, clip_x0=clip_x0,
                                 progress=bar.update)
+            outer.update(1)
+            if not parallel.is_main():        # the main process scores and writes
+                continue
             scores = score(classifier, cell["images"], ref, kid_subsets, kid_subset_size, seed)
             res = cell["result"]
             figures = {k_: finite_or_none(v) for k_, v in res.figures.items()}
@@ -125,5 +139,4 @@ def evaluate_generation(model, classifier, ref: Reference, table: ResultsFile, *
                        "leftover_per_image": None if res.leftover is None else [round(float(v), 5) for v in res.leftover],
                        "nfe": cell["nfe"], "seconds_per_image": round(cell["seconds_per_image"], 5),
                        "per_step": per_step(cell["records"]), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-            outer.update(1)
     return table.rows_for(cells)

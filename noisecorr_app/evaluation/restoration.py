@@ -16,6 +16,7 @@ import torch
 from ..methods import restoration_available, restoration_correction, restoration_settings
 from ..restoration.methods import degrade, restore
 from ..restoration.operators import make_operator
+from . import parallel
 from .metrics import psnr, ssim
 from .results import ResultsFile, finite_or_none
 
@@ -70,21 +71,20 @@ def run_cell(model, op, x: torch.Tensor, method: str, *, sigma_y: float, steps: 
              correction=None, progress=None, **options) -> dict:
     """Degrade and restore x in batches; per-image PSNR/SSIM/consistency and totals. ``options`` go
     to ``restore`` (eta, tail_steps)."""
-    ps, ss, cons, seconds, nfe = [], [], [], 0.0, None
-    for start in range(0, len(x), batch_size):
+    batches = []
+    for start in parallel.share(list(range(0, len(x), batch_size))):     # all of them in one process
         xb = x[start:start + batch_size].to(model.device)
         y = degrade(op, xb, sigma_y, seed=seed + start)
         res = restore(model, op, y, method=method, steps=steps, seed=seed + start, sigma_y=sigma_y,
                       correction=correction, progress=(lambda r: progress(len(xb))) if progress else None,
                       **options)
         out = res.images.float().cpu()
-        ps.append(psnr(out, xb.cpu()))
-        if min(out.shape[-2:]) >= SSIM_MIN_SIZE:
-            ss.append(ssim(out, xb.cpu()))
-        cons.append(res.consistency)
-        seconds += res.seconds
-        nfe = res.nfe_per_image
-    ps, cons = torch.cat(ps), torch.cat(cons)
+        batches.append((start, psnr(out, xb.cpu()), ssim(out, xb.cpu()) if min(out.shape[-2:]) >= SSIM_MIN_SIZE else None,
+                        res.consistency.cpu(), res.seconds, res.nfe_per_image))
+    batches = sorted(parallel.gather(batches), key=lambda b: b[0])
+    ps, cons = torch.cat([b[1] for b in batches]), torch.cat([b[3] for b in batches])
+    ss = [b[2] for b in batches if b[2] is not None]
+    seconds, nfe = sum(b[4] for b in batches), batches[-1][5]
     return {"psnr": float(ps.mean()), "psnr_std": float(ps.std()) if len(ps) > 1 else 0.0,
             "ssim": float(torch.cat(ss).mean()) if ss else None, "consistency": float(cons.mean()),
             "consistency_max": float(cons.max()), "nfe": nfe, "seconds_per_image": seconds / len(x)}
@@ -109,13 +109,13 @@ def evaluate_restoration(model, x: torch.Tensor, table: ResultsFile, *, tasks: l
     ops = {t: make_operator(t, size, channels, **task_settings.get(t, {})) for t in tasks}   # bad settings fail now
     cells = [(t, s, m) for t in tasks for s in sigma_ys for m in runnable]
     todo = table.todo(cells, log)
-    with tqdm(total=len(todo), desc="cells", unit="cell") as outer:
+    with tqdm(total=len(todo), desc="cells", unit="cell", disable=not parallel.is_main()) as outer:
         for task, sigma_y, method in todo:
             outer.set_postfix_str(f"{task} sigma_y {sigma_y} {method}")
             corr = restoration_correction(method, model, steps)
             knobs = restoration_settings(model, method, **options)
             with tqdm(total=len(x) * steps, desc=f"  {task} {sigma_y} {method}", unit="img-step",
-                      leave=False) as bar:
+                      leave=False, disable=not parallel.is_main()) as bar:
                 r = run_cell(model, ops[task], x, method, sigma_y=sigma_y, steps=steps, seed=seed,
                              batch_size=batch_size, correction=corr, progress=bar.update, **knobs)
             table.add({"task": task, "method": method, "sigma_y": sigma_y, "n": len(x), "settings": knobs,

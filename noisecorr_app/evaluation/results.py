@@ -118,6 +118,10 @@ class ResultsFile:
             self.doc["skipped"].append(entry)
 
     def save(self):
+        from .parallel import is_main
+
+        if not is_main():              # under `accelerate launch` one process writes
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(self.doc, indent=1))

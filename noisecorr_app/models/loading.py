@@ -68,13 +68,20 @@ def _is_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+def accelerator_state():
+    """accelerate's process state: this process's device, its rank among the processes ``accelerate launch``
+    (or torchrun) started, and their number. Several processes without a GPU share the work over gloo on
+    the CPU, which accelerate does only when told ``cpu`` at the state's first creation: here."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """The accelerator accelerate finds (CUDA, MPS) or the CPU; an explicit device wins."""
     if device is not None:
         return torch.device(device)
-    from accelerate import PartialState
-
-    return PartialState().device
+    return accelerator_state().device
 
 
 def _find_layout(folder: Path) -> tuple[Path, Path | None]:
