@@ -11,6 +11,8 @@ import pytest
 from conftest import save_tiny_model
 from PIL import Image
 
+from noisecorr_app.images import CAPTION_HEIGHT
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "noisecorr_app" / "ui" / "examples"
 CAT = EXAMPLES / "cifar10_cat.png"
 TABS = ["super_resolution", "inpainting", "deblur", "colorize", "compressive_sensing"]
@@ -74,18 +76,20 @@ def test_generate_streams_and_matches_the_library(client, model):
     slider, base, fixed, metrics, levels, leftover, bundle = job.result(timeout=120)
     assert len(job.outputs()) >= 2                       # x0 previews came before the final result
     a, b = png(base), png(fixed)
-    assert a.size == b.size == (2 * SIDE * 16, SIDE * 16)
+    # every image has its leftover-noise reading written in a strip under it (the wavelet reading)
+    assert a.size == b.size == (2 * SIDE * 16, SIDE * 16 + CAPTION_HEIGHT)
     assert [png(p).size for p in slider] == [a.size, a.size]
     assert np.array_equal(pixels(png(slider[0])), pixels(a))
     # the baseline is exactly the library's result for the same seeds and class (PNG is lossless)
     with app_threads():
         ref = sample(model, sampler="dpmpp", steps=4, n=2, seed=3, labels=[1, 1]).images
-    assert np.array_equal(pixels(a), pixels(grid(to_pil(ref), scale=16)))
+    assert np.array_equal(pixels(a)[:SIDE * 16], pixels(grid(to_pil(ref), scale=16)))
     assert not np.array_equal(pixels(a), pixels(b))      # NAG changed the samples
     assert "| network evaluations per image | 4 | 8 |" in metrics   # NAG: two batched passes per step
     assert levels["type"] == "matplotlib" and levels["plot"].startswith("data:image/png")
-    assert leftover is None          # the tiny model has no noise-level estimator: no readings to plot
-    assert "No noise-level estimator for this model" in metrics
+    # the tiny model has no trained estimator: the wavelet reading serves the figures
+    assert leftover["type"] == "matplotlib" and leftover["plot"].startswith("data:image/png")
+    assert "Noise is the noise level read off each image" in metrics
     with zipfile.ZipFile(bundle) as z:
         names = set(z.namelist())
         meta = json.loads(z.read("run.json"))
@@ -199,7 +203,7 @@ def test_bad_input_is_a_message_and_the_server_keeps_serving(client, tmp_path):
             client.predict(*args, api_name=api)
     # the next request after all of these is served normally
     out = client.predict("a", "ddim", 2, 0, 1, "es", 3.0, 1.0, 1.01, api_name="/generate")
-    assert png(out[1]).size == (SIDE * 16, SIDE * 16)
+    assert png(out[1]).size == (SIDE * 16, SIDE * 16 + CAPTION_HEIGHT)
 
 
 def test_model_picker_says_the_hub_is_unreachable_and_keeps_the_model(client, monkeypatch):
@@ -212,7 +216,7 @@ def test_model_picker_says_the_hub_is_unreachable_and_keeps_the_model(client, mo
     text, *_ = client.predict("other", "../../etc/passwd", api_name="/load_model")
     assert "not a Hub repo id" in text
     out = client.predict("c", "ddim", 2, 0, 1, "es", 3.0, 1.0, 1.01, api_name="/generate")
-    assert png(out[1]).size == (SIDE * 16, SIDE * 16)
+    assert png(out[1]).size == (SIDE * 16, SIDE * 16 + CAPTION_HEIGHT)
 
 
 def test_missing_default_model_is_a_message_not_a_crash(tmp_path):
