@@ -11,6 +11,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# the CLI as one process, and under `accelerate launch` as 2 processes (on CPUs: gloo)
+LAUNCHERS = {"one": [sys.executable, "-m", "noisecorr_app"],
+             "two": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "noisecorr_app"]}
 
 torch.set_num_threads(2)
 

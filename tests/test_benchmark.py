@@ -2,13 +2,12 @@
 JSON schema and values, resuming without recomputation, skipped methods, Markdown and plots."""
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, save_tiny_model
+from conftest import LAUNCHERS, ROOT, save_tiny_model
 from PIL import Image
 
 from noisecorr_app.cli import main
@@ -261,11 +260,6 @@ def test_default_images_are_a_seeded_sample_of_the_test_split(fid_setup):
     assert "test" in source and note.startswith("CIFAR-10 test images resized to 16x16")
     with pytest.raises(ValueError, match="more than the 6 test images"):
         restoration.load_eval_images(None, 7, 16, cifar=data)
-
-
-LAUNCHERS = {"one": [sys.executable, "-m", "noisecorr_app"],
-             "two": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "noisecorr_app"]}
 
 
 def _launched(args_for, tmp_path) -> dict:

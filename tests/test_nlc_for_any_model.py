@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import save_tiny_model
 
 
@@ -136,3 +137,34 @@ def test_the_app_trains_nlc_for_a_model_that_has_none(tmp_path, monkeypatch):
         assert "corrected (nlc)" in metrics
     finally:
         demo.close()
+
+
+def test_accelerate_launch_shares_data_free_nlc_training(tmp_path):
+    """`train nlc` under `accelerate launch` with 2 processes: the model's samples are shared chunk by chunk and
+    come out identical, each step's gradient is averaged over the processes' rows of the same batch, so the
+    weights equal a one-process run's up to float rounding."""
+    import os
+    import subprocess
+
+    from conftest import LAUNCHERS, ROOT
+    from safetensors.torch import load_file
+
+    model_dir = save_tiny_model(tmp_path / "model")
+    runs = {}
+    for name, launcher in LAUNCHERS.items():
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "NOISECORR_CACHE": str(tmp_path / name)}
+        args = ["train", "nlc", "--model", str(model_dir), "--data-free", "--pool", "200", "--pool-steps", "2",
+                "--batch-size", "4", "--steps", "3", "--threads", "1", "--out", str(tmp_path / name / "nlc")]
+        done = subprocess.run([*launcher, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        assert ("2 processes shared the work" in done.stdout) == (name == "two"), done.stdout[-2000:]
+        chunks = sorted((tmp_path / name / "model-samples").rglob("*.safetensors"))
+        assert len(chunks) == 2                                 # 200 images: two chunks of 100
+        runs[name] = ([load_file(c)["images"] for c in chunks], load_file(tmp_path / name / "nlc" / "model.safetensors"))
+    (pool_one, weights_one), (pool_two, weights_two) = runs["one"], runs["two"]
+    assert all(a.equal(b) for a, b in zip(pool_one, pool_two))
+    assert weights_one.keys() == weights_two.keys()
+    for k in weights_one:
+        assert torch.allclose(weights_one[k], weights_two[k], rtol=1e-4, atol=1e-6), k
+    state = json.loads((tmp_path / "two" / "nlc" / "training" / "state.json").read_text())
+    assert state["step"] == 3

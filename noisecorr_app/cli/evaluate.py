@@ -262,7 +262,7 @@ def generation(a):
     from ..evaluation.generation import KEY, Reference, evaluate_generation
     from ..evaluation.metrics import METRIC_NOTE, feature_stats, reference_features
     from ..evaluation.plots import write_generation_plots
-    from ..evaluation.parallel import count, is_main
+    from ..parallel import count, is_main
     from ..evaluation.results import command_line, markdown_table, weights_fingerprint
     from ..methods import METHODS, level_reader_for, recommendations
     from ..sampling.run import MAX_STEPS
@@ -328,7 +328,7 @@ def generation(a):
 
 def restoration(a):
     from ..evaluation.restoration import KEY, evaluate_restoration, load_eval_images
-    from ..evaluation.parallel import count, is_main
+    from ..parallel import count, is_main
     from ..evaluation.results import command_line, markdown_table, weights_fingerprint
     from ..restoration.tasks import RESTORATION_METHODS, SIGMA_Y, TASKS
     from ..sampling.run import MAX_STEPS

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import parallel
 from ..training.data import default_cifar10
 from .common import UserError, threads_arg
 
@@ -169,11 +170,16 @@ def nlc(a):
         training_folder(a.out, "nlc")
     if a.data_free and (a.pool < 1 or a.pool_steps < 1):
         raise UserError("--pool and --pool-steps must be at least 1")
+    if a.batch_size % parallel.count():       # under `accelerate launch` each process takes equal rows of a batch
+        raise UserError(f"--batch-size ({a.batch_size}) must be a multiple of the number of processes "
+                        f"({parallel.count()})")
     try:
         train_nlc(a.model, None if a.data_free else a.data, out=a.out, steps=a.steps, batch_size=a.batch_size,
                   lr=a.lr, max_minutes=a.minutes, threads=a.threads, pool=a.pool, pool_steps=a.pool_steps)
     except ModelLoadError as e:
         raise UserError(str(e)) from None
+    if parallel.count() > 1 and parallel.is_main():
+        print(f"{parallel.count()} processes shared the work")
 
 
 def card(a):

@@ -19,7 +19,7 @@ from ..images import to_uint8
 from ..methods import available, level_reader_for, setup
 from ..sampling.run import merge_results, sample
 from ..sampling.trace import level_bands
-from . import parallel
+from .. import parallel
 from .metrics import extract_features, fid, kid
 from .results import ResultsFile, finite_or_none
 

@@ -16,7 +16,7 @@ import torch
 from ..methods import restoration_available, restoration_correction, restoration_settings
 from ..restoration.methods import degrade, restore
 from ..restoration.operators import make_operator
-from . import parallel
+from .. import parallel
 from .metrics import psnr, ssim
 from .results import ResultsFile, finite_or_none
 

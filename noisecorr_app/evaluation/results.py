@@ -118,7 +118,7 @@ class ResultsFile:
             self.doc["skipped"].append(entry)
 
     def save(self):
-        from .parallel import is_main
+        from ..parallel import is_main
 
         if not is_main():              # under `accelerate launch` one process writes
             return

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from .. import parallel
 from ..extras.estimator import NoiseLevelEstimator, estimator_loss, save_estimator
 from ..extras.nlc import LevelNet, save_level_net
 from ..models.denoiser import Cond
@@ -29,7 +30,8 @@ def _batches(data, split, image_size, batch_size, seed):
 
 def nlc_loss(denoiser, eta_range: float = 0.5, max_t: int = 990, p_null_class: float = 0.1):
     """Official recipe: x_t = x0 + sigma_t (1 + eta) eps with the network told sigma_t;
-    target ||(1 + eta) eps|| / sqrt(n) - 1 (docs/methods.md section 3)."""
+    target ||(1 + eta) eps|| / sqrt(n) - 1 (docs/methods.md section 3). Under ``accelerate launch`` each process
+    runs the denoiser on its rows of the batch (``parallel.rows``) and r_theta on the gathered whole."""
     def loss(net, batch):
         x0, labels = (t.to(denoiser.device) for t in batch)
         b = x0.shape[0]
@@ -37,13 +39,13 @@ def nlc_loss(denoiser, eta_range: float = 0.5, max_t: int = 990, p_null_class: f
         sigma = denoiser.sigma_of_timestep(t).to(x0.device)
         eta = (torch.rand(b, device=x0.device) * 2 - 1) * eta_range
         eps = torch.randn_like(x0) * (1 + eta).view(-1, 1, 1, 1)
-        cond = None
+        cond, mine = None, parallel.rows(b)
         if denoiser.num_classes:
             drop = torch.rand(b) < p_null_class
-            cond = Cond(labels=labels.cpu(), null_label=drop if denoiser.supports_null_label else None)
+            cond = Cond(labels=labels[mine].cpu(), null_label=drop[mine] if denoiser.supports_null_label else None)
         with torch.no_grad():      # the denoiser is frozen: no graph through it
-            feats = denoiser.features(x0 + sigma.view(-1, 1, 1, 1) * eps, sigma, cond)
-        return torch.nn.functional.mse_loss(net(feats, sigma), rms(eps) - 1)
+            feats = denoiser.features(x0[mine] + sigma[mine].view(-1, 1, 1, 1) * eps[mine], sigma[mine], cond)
+        return torch.nn.functional.mse_loss(net(parallel.gather_rows(feats), sigma), rms(eps) - 1)
     return loss
 
 
@@ -53,7 +55,8 @@ POOL_SEED = 1_000_000      # the model's own training images start here: benchma
 def model_samples(denoiser, n: int, steps: int = 100, seed: int = POOL_SEED, batch_size: int = 100):
     """(images uint8 (n, C, H, W), labels) drawn from the model itself with ``steps`` DDIM steps (classes in
     turn for a class-conditional model), cached in chunks under noisecorr's cache (keyed by the weights'
-    SHA-1): a second run, or one resumed after a stop, samples only what is missing."""
+    SHA-1): a second run, or one resumed after a stop, samples only what is missing. Under ``accelerate launch``
+    the processes share the missing chunks (each chunk is made whole, as one process makes it)."""
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -65,10 +68,10 @@ def model_samples(denoiser, n: int, steps: int = 100, seed: int = POOL_SEED, bat
 
     folder = cache_dir() / "model-samples" / f"{(weights_sha1(denoiser) or denoiser.name)[:16]}-{steps}steps-seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
-    images, labels = [], []
-    for start in tqdm(range(0, n, batch_size), desc=f"samples of the model ({steps} DDIM steps)", unit="batch"):
-        count = min(batch_size, n - start)
-        chunk = folder / f"{start:07d}-{count}.safetensors"
+    chunks = {start: folder / f"{start:07d}-{min(batch_size, n - start)}.safetensors" for start in range(0, n, batch_size)}
+    for start in tqdm(parallel.share(list(chunks)), desc=f"samples of the model ({steps} DDIM steps)", unit="batch",
+                      disable=not parallel.is_main()):
+        count, chunk = min(batch_size, n - start), chunks[start]
         if not chunk.exists():
             lab = (torch.arange(start, start + count) % denoiser.num_classes) if denoiser.num_classes else None
             with torch.no_grad():
@@ -76,6 +79,9 @@ def model_samples(denoiser, n: int, steps: int = 100, seed: int = POOL_SEED, bat
             tensors = {"images": torch.from_numpy(to_uint8(res.images)).permute(0, 3, 1, 2).contiguous(),
                        "labels": lab if lab is not None else torch.zeros(count, dtype=torch.long)}
             atomic_write(chunk, lambda tmp, t=tensors: save_file(t, tmp), suffix=".safetensors")
+    parallel.wait_for_everyone()
+    images, labels = [], []
+    for chunk in chunks.values():
         loaded = load_file(chunk)
         images.append(loaded["images"])
         labels.append(loaded["labels"])
@@ -126,7 +132,9 @@ def nlc_trainer(denoiser, data=None, out=None, steps=20_000, batch_size=64, lr=3
     with torch.no_grad():
         f = denoiser.features(torch.zeros(1, *denoiser.sample_shape, device=denoiser.device),
                               torch.tensor([1.0], device=denoiser.device))
-    net = LevelNet(f.shape[1], f.shape[-1], blocks=blocks)
+    with torch.random.fork_rng(devices=[]):         # the same first weights in every run (and every process)
+        torch.manual_seed(0)
+        net = LevelNet(f.shape[1], f.shape[-1], blocks=blocks)
     if data is None:
         images, labels = model_samples(denoiser, pool, pool_steps)
         batches = _pool_batches(images, labels, batch_size, seed=1)

@@ -2,7 +2,8 @@
 
 A command supplies a model, a ``loss(model, batch) -> tensor`` and an endless batch iterator;
 the loop owns everything else: AdamW with warm-up (and optional cosine decay), EMA, precision, checkpoints that resume,
-a CSV loss log and tqdm progress.
+a CSV loss log and tqdm progress. Under ``accelerate launch`` the processes start from the main one's weights, take
+the same steps (a loss may share its costly part, ``parallel``) and stop together; only the main one writes.
 
 Checkpoints live in ``<out>/training/``: ``params.safetensors`` (the raw weights),
 ``ema.safetensors``, ``optimizer.safetensors`` (Adam moments; large and not committed) and
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import platform
 import math
 import signal
@@ -26,6 +28,7 @@ from typing import Callable, Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
+from .. import parallel
 from ..extras.storage import atomic_write
 
 
@@ -118,6 +121,7 @@ class Trainer:
         self.step, self.seconds, self.warm_from = 0, 0.0, 0
         self.ema = EMA(self.model, cfg.ema_decay)
         self._resume()
+        parallel.broadcast([*self.model.state_dict().values(), *self.ema.shadow.values()])
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _resume(self):
@@ -149,6 +153,8 @@ class Trainer:
         return {k: (v.to(dtype) if v.is_floating_point() else v).contiguous().cpu() for k, v in self.ema.shadow.items()}
 
     def save(self):
+        if not parallel.is_main():      # the processes hold the same weights: one writes them
+            return
         cast = lambda sd: {k: (v.detach().to(self.save_dtype) if v.is_floating_point() else v).contiguous().cpu()
                            for k, v in sd.items()}
         save_file(cast(self.model.state_dict()), self.dir / "params.safetensors.tmp")
@@ -180,15 +186,16 @@ class Trainer:
         """Train until cfg.steps (or max_minutes); yields (step, loss). Checkpoints on the way and at the end."""
         from tqdm import tqdm
 
-        torch.manual_seed(self.cfg.seed + self.step)
-        log_path = self.dir / "loss_log.csv"
-        new_log = not log_path.exists()
+        main_process = parallel.is_main()
+        log_path = self.dir / "loss_log.csv" if main_process else Path(os.devnull)
+        new_log = main_process and not log_path.exists()
         stop = {"now": False}
         # a SIGTERM ends the run with a checkpoint; only the main thread may set a handler (the app trains in a worker)
         main = threading.current_thread() is threading.main_thread()
         old = signal.signal(signal.SIGTERM, lambda *a: stop.update(now=True)) if main else None
         start = last_ckpt = time.time()
-        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="train", unit="it", dynamic_ncols=True)
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="train", unit="it", dynamic_ncols=True,
+                   disable=not main_process)
         running = None
         try:
             with open(log_path, "a", newline="") as f:
@@ -196,35 +203,41 @@ class Trainer:
                 if new_log:
                     log.writerow(["step", "loss", "lr", "seconds"])
                 self.model.train()
-                while self.step < self.cfg.steps and not stop["now"]:
+                while self.step < self.cfg.steps:
                     t0 = time.time()
                     lr = self.lr_at(self.step)
                     for g in self.opt.param_groups:
                         g["lr"] = lr
                     batch = next(batches)
+                    # each step's random draws depend on its number only: a resumed run, or each process of a
+                    # data-parallel one, draws what one uninterrupted process draws
+                    torch.manual_seed(self.cfg.seed + self.step)
                     with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
                         loss = self.loss_fn(self.model, batch)
-                    if not math.isfinite(loss.item()):
-                        raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
                     self.opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise FloatingPointError(f"loss is {value} at step {self.step}")
                     if self.cfg.grad_clip:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
                     self.opt.step()
                     self.step += 1
                     self.ema.update(self.model, self.step)
                     self.seconds += time.time() - t0
-                    running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+                    running = value if running is None else 0.98 * running + 0.02 * value
                     bar.update(1)
                     bar.set_postfix(loss=f"{running:.4f}")
                     if self.step % self.cfg.log_every == 0:
-                        log.writerow([self.step, f"{loss.item():.5f}", f"{lr:.2e}", round(self.seconds, 1)])
+                        log.writerow([self.step, f"{value:.5f}", f"{lr:.2e}", round(self.seconds, 1)])
                         f.flush()
-                    yield self.step, loss.item()
+                    yield self.step, value
                     if time.time() - last_ckpt > 60 * self.cfg.checkpoint_minutes:
                         self.save()
                         last_ckpt = time.time()
-                    if max_minutes is not None and time.time() - start > 60 * max_minutes:
+                    out_of_time = max_minutes is not None and time.time() - start > 60 * max_minutes
+                    # every process stops at the same step (a stop one of them sees stops all)
+                    if parallel.mean(float(out_of_time or stop["now"])) > 0:
                         break
         finally:
             bar.close()
