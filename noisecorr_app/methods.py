@@ -36,7 +36,9 @@ NEEDS = {
     "nlc": Need(lambda m: "nlc" in extras_for(m),
                 lambda m: nlc_for(m)[1] or "no trained NLC weights for this model yet (`train nlc` makes them)"),
     "nlc-lut": Need(lambda m: "nlc-lut" in extras_for(m), "no NLC lookup table for this model yet"),
-    "estimator": Need(lambda m: "estimator" in extras_for(m), "no noise-level estimator for this model"),
+    "estimator": Need(lambda m: level_reader_for(m) is not None,
+                      "no noise-level reading for this model (the wavelet reading needs even image sides of 8 pixels "
+                      "or more)"),
     "null-noise": Need(lambda m: bool(m.supports_null_noise), "the model was not trained with noise-condition dropout"),
     "schedule": Need(lambda m: m.schedule is not None, "needs the model's discrete training schedule"),
 }
@@ -54,7 +56,7 @@ class Run:
         return cached_extra(kind, extras_for(self.model)[kind], self.model, loader)
 
     def estimator(self):
-        return load_estimator_for(self.model)
+        return level_reader_for(self.model)
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,7 @@ def cached_extra(kind: str, path, model, loader):
 def level_reader_for(model):
     """What reads the noise level of a model's states for the per-step plots and leftover-noise figures: its
     trained noise-level estimator, else the wavelet reading (``extras/wavelet.py``: any image domain and size,
-    nothing trained), else None. Methods that guide or correct with an estimator ask ``load_estimator_for``."""
+    nothing trained), else None. The corrections that read or follow the level (nlc-est, nag-est) use it too."""
     from .extras.wavelet import WaveletLevel, usable
 
     found = load_estimator_for(model)

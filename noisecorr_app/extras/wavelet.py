@@ -7,13 +7,17 @@ ones at edges. It reads forward-noised photos within a few percent from sigma 0.
 (docs/noise-shift.md); below ~0.05 it reads the image's own fine detail, so a final image is judged against
 real photos' readings at the same size (``reference``), as the trained estimator's readings are.
 
-It serves the per-step level plots and the leftover-noise figures of models with no trained estimator. It
-does not guide (the median's gradient reaches one coefficient): estimator NAG still needs a trained one.
+It serves the per-step level plots and the leftover-noise figures of models with no trained estimator, and
+the corrections that read or follow the level (nlc-est, nag-est). The median's gradient reaches a single
+coefficient, so guidance follows a smooth twin of it (``guide_level``): the root mean square of the smallest
+90% of the coefficients, which for Gaussian noise is a fixed fraction of sigma and moves with every one of them.
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from statistics import NormalDist
 
 import torch
 
@@ -21,12 +25,28 @@ from ..models.registry import WEIGHTS
 
 REFERENCE_FILE = WEIGHTS / "wavelet-level" / "reference.json"
 MAD_TO_SIGMA = 0.6745          # the median of |N(0, 1)|
+KEPT = 0.9                     # the guide's share of coefficients: the largest tenth is edges and texture
+_C = NormalDist().inv_cdf(0.5 + KEPT / 2)
+KEPT_MEAN_SQUARE = 1 - 2 * _C * math.exp(-_C * _C / 2) / math.sqrt(2 * math.pi) / KEPT   # E[z^2 | |z| < c]
+GUIDE_SPREAD = 0.05            # the least uncertainty the guide admits in log sigma (its reading's error, measured)
+
+
+def diagonal_details(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C*H*W/4): the finest diagonal Haar coefficients of each image (orthonormal)."""
+    hh = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2
+    return hh.flatten(1).float()
 
 
 def read_level(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) in model units -> (B,) the noise level each image carries. H and W even."""
-    hh = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2
-    return hh.abs().flatten(1).float().median(dim=1).values / MAD_TO_SIGMA
+    return diagonal_details(x).abs().median(dim=1).values / MAD_TO_SIGMA
+
+
+def guide_level(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(the reading's smooth twin per image, differentiable in x; how many coefficients it rests on)."""
+    hh = diagonal_details(x)
+    keep = (hh.abs() <= hh.detach().abs().quantile(KEPT, dim=1, keepdim=True)).float()
+    return ((hh ** 2 * keep).sum(1) / keep.sum(1) / KEPT_MEAN_SQUARE).sqrt(), int(keep.sum(1).min())
 
 
 class WaveletLevel:
@@ -41,8 +61,16 @@ class WaveletLevel:
     def estimate(self, x: torch.Tensor) -> torch.Tensor:
         return read_level(x)
 
-    def log_prob(self, x, sigma):
-        raise ValueError("the wavelet noise reading cannot guide sampling: estimator NAG needs a trained estimator")
+    def log_prob(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """log g(sigma | x) as a Gaussian over log sigma, as the trained estimator gives it: centred on the guide
+        reading less the clean images' own share (``reference``: real photos' median reading, in quadrature),
+        as wide as the reading's sampling error, which grows where that share is most of what is read."""
+        level, count = guide_level(x)
+        content = (self.reference or {}).get("median", 0.0)
+        noise = (level ** 2 - content ** 2).clamp_min((0.1 * level) ** 2)
+        spread = (math.sqrt(0.5 / count) * level ** 2 / noise).clamp_min(GUIDE_SPREAD)
+        z = (sigma.float().log() - 0.5 * noise.log()) / spread
+        return -0.5 * z ** 2 - spread.log() - 0.5 * math.log(2 * math.pi)
 
     def parameters(self):
         return iter(())

@@ -64,8 +64,8 @@ class EstimatorGuided(Wrapper):
     """Classifier-based NAG: push the state towards where the scheduled level is the likely one.
 
     ``eps_guided = eps - w * sigma * grad_x log g_phi(sigma | x)`` (docs/methods.md section 4), with
-    g_phi the noise-level estimator's Gaussian over log sigma. It works for any model that has an
-    estimator trained on its data; the extra cost is one estimator forward and backward per step.
+    g_phi the noise-level estimator's Gaussian over log sigma: a trained one, or the wavelet reading's, for any
+    model (``methods.level_reader_for``); the extra cost is one reading forward and backward per step.
     """
 
     def __init__(self, model, estimator: torch.nn.Module, weight: float = 1.0):
@@ -73,7 +73,7 @@ class EstimatorGuided(Wrapper):
         self.estimator, self.weight = estimator, PARAMS["nag_est_scale"].check(weight)
 
     def _guidance(self, x, sigma):
-        dev = next(self.estimator.parameters()).device
+        dev = next(iter(self.estimator.parameters()), x).device       # a reading with no weights: x's device
         with torch.enable_grad():
             xg = x.detach().float().to(dev).requires_grad_(True)
             logp = self.estimator.log_prob(xg, sigma.to(dev)).sum()
