@@ -56,7 +56,15 @@ class Run:
         return cached_extra(kind, extras_for(self.model)[kind], self.model, loader)
 
     def estimator(self):
-        return level_reader_for(self.model)
+        """The noise-level reading the setting ``level_reader`` names (the model's by default)."""
+        if self.values.get("level_reader") != "wavelet":
+            return level_reader_for(self.model)
+        from .extras.wavelet import WaveletLevel, usable
+
+        shape = as_denoiser(self.model).sample_shape
+        if not usable(shape):
+            raise ValueError("the wavelet reading needs even image sides of 8 pixels or more")
+        return WaveletLevel(shape[-1])
 
 
 @dataclass(frozen=True)
@@ -110,17 +118,17 @@ def _nag(run):
 for _spec in (
     MethodSpec("none", "baseline sampler", lambda run: MethodSetup(Correction()), in_restoration=True),
     MethodSpec("nag+nlc-est", "Noise Awareness Guidance, then the estimator's level correction on the final step",
-               lambda run: MethodSetup(EstimatedLevel(run.estimator()), _nag(run)), ("nag_scale",),
+               lambda run: MethodSetup(EstimatedLevel(run.estimator()), _nag(run)), ("nag_scale", "level_reader"),
                ("estimator", "null-noise"), nfe=2.0),
     MethodSpec("nag", "Noise Awareness Guidance, classifier-free (model trained with noise-condition dropout)",
                lambda run: MethodSetup(Correction(), _nag(run)), ("nag_scale",), ("null-noise",), nfe=2.0),
     MethodSpec("nlc", "Noise Level Correction (trained r_theta)", _nlc, ("nlc_mode",), ("nlc",), exclusive=True),
     MethodSpec("nlc-est", "Noise Level Correction read by the noise-level estimator (on the final step)",
-               lambda run: MethodSetup(EstimatedLevel(run.estimator())), (), ("estimator",)),
+               lambda run: MethodSetup(EstimatedLevel(run.estimator())), ("level_reader",), ("estimator",)),
     MethodSpec("nag-est", "Noise Awareness Guidance with the noise-level estimator",
                lambda run: MethodSetup(Correction(), {"estimator": run.estimator(),
                                                       "nag_est_scale": run.values["nag_est_scale"]}),
-               ("nag_est_scale",), ("estimator",)),
+               ("nag_est_scale", "level_reader"), ("estimator",)),
     MethodSpec("es", "epsilon scaling (training-free)", lambda run: MethodSetup(EpsScaling(run.values["es_lambda"])),
                ("es_lambda",), in_restoration=True),
     MethodSpec("self", "self-estimated level ||eps||/sqrt(n) (training-free)", lambda run: MethodSetup(SelfEstimate()),

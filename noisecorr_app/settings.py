@@ -101,6 +101,9 @@ PARAMS: dict[str, Param | Choice] = {p.key: p for p in (
     Param("eta", "DDIM's eta", 0, 1, 0.0, "DDIM's fresh noise per step (0 = deterministic)", tunable=False),
     Choice("nlc_mode", "NLC mode", ("reuse", "official"), "reuse", "reuse: 1 network call per step; official: "
            "re-evaluate the network at the corrected level"),
+    Choice("level_reader", "noise-level reading", ("auto", "wavelet"), "auto", "what reads the noise level for the "
+           "estimator's corrections: auto = the model's trained estimator where it has one, else the wavelet "
+           "reading (nothing trained, any model); wavelet = the wavelet reading"),
 )}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import save_tiny_model
@@ -80,19 +81,27 @@ def test_the_guide_is_most_likely_at_the_true_level_and_moves_every_pixel():
     assert (x.grad != 0).float().mean() > 0.8
 
 
-def test_the_wavelet_reading_can_replace_a_trained_estimator(capsys):
-    """--level-reader wavelet: the embedded model, which has a trained estimator, reads with the wavelet."""
+def test_the_wavelet_reading_can_replace_a_trained_estimator(tmp_path):
+    """level_reader = wavelet: the embedded model, which has a trained estimator, corrects with the wavelet; the
+    same setting reaches the corrections from the command line."""
+    from noisecorr_app.cli import main
     from noisecorr_app.extras.wavelet import WaveletLevel
-    from noisecorr_app.methods import level_reader_for
-    from noisecorr_app.models.loading import ModelLoadError, load_model
-    from noisecorr_app.models.registry import extras_for
+    from noisecorr_app.methods import setup
+    from noisecorr_app.models.loading import load_model
 
-    trained = load_model(None, device="cpu")
-    assert "estimator" in extras_for(trained) and not isinstance(level_reader_for(trained), WaveletLevel)
-    wavelet = load_model(None, device="cpu", level_reader="wavelet")
-    assert "estimator" not in extras_for(wavelet) and isinstance(level_reader_for(wavelet), WaveletLevel)
-    with pytest.raises(ModelLoadError, match="'auto' or 'wavelet'"):
-        load_model(None, device="cpu", level_reader="other")
+    model = load_model(None, device="cpu")
+    assert not isinstance(setup("nlc-est", model, steps=10).correction.estimator, WaveletLevel)
+    assert isinstance(setup("nlc-est", model, steps=10, level_reader="wavelet").correction.estimator, WaveletLevel)
+    assert isinstance(setup("nag-est", model, steps=10, level_reader="wavelet").options["estimator"], WaveletLevel)
+    with pytest.raises(ValueError, match="noise-level reading must be one of auto, wavelet"):
+        setup("nlc-est", model, steps=10, level_reader="other")
+    from PIL import Image
+
+    for reader in ("auto", "wavelet"):
+        assert main(["sample", "--method", "nlc-est", "--level-reader", reader, "--steps", "3", "--n", "1",
+                     "--out", str(tmp_path / reader)]) == 0
+    auto, wavelet = (np.asarray(Image.open(tmp_path / r / "seed000000.png")) for r in ("auto", "wavelet"))
+    assert not np.array_equal(auto, wavelet)            # another reading, another final-step level
 
 
 def test_the_cli_reports_the_reading_per_decade(tmp_path, capsys):

@@ -21,9 +21,6 @@ def model_args(p):
     p.add_argument("--fp16", action="store_true", help="half-precision weights on a GPU (ignored on the CPU)")
     p.add_argument("--nlc", default=None, help="folder or Hub repo id of NLC weights trained for this model (default: "
                                                "the model's own, or those `train nlc` wrote for it)")
-    p.add_argument("--level-reader", choices=("auto", "wavelet"), default="auto",
-                   help="what reads the noise level (plots, leftover figures, nlc-est, nag-est): auto = a trained "
-                        "estimator where the model has one, else the wavelet reading; wavelet = the wavelet reading")
 
 
 def threads_arg(p):
@@ -37,8 +34,7 @@ def load(a):
 
     try:
         return load_model(a.model, device=a.device, allow_pickle=a.allow_pickle, revision=a.revision,
-                          dtype=torch.float16 if getattr(a, "fp16", False) else torch.float32, nlc=getattr(a, "nlc", None),
-                          level_reader=getattr(a, "level_reader", "auto"))
+                          dtype=torch.float16 if getattr(a, "fp16", False) else torch.float32, nlc=getattr(a, "nlc", None))
     except ModelLoadError as e:
         raise UserError(str(e)) from None
 

@@ -163,7 +163,7 @@ def load_model(source: str | Path | None = None, *, device: str | torch.device |
                dtype: torch.dtype = torch.float32, allow_pickle: bool = False, revision: str | None = None,
                offline: bool | None = None, cache_dir: str | Path | None = None,
                max_cache_bytes: int | None = None, max_side: int | None = None,
-               nlc: str | Path | None = None, level_reader: str = "auto") -> UNetDenoiser:
+               nlc: str | Path | None = None) -> UNetDenoiser:
     """Load a diffusers UNet2DModel (DDPM type) as a sigma-space denoiser.
 
     source: a local folder, a Hub repo id, or None for the embedded default model.
@@ -172,11 +172,7 @@ def load_model(source: str | Path | None = None, *, device: str | torch.device |
     first (default: ``NOISECORR_HUB_CACHE_GB``, unset = no bound; see ``models/cache.py``).
     max_side: refuse, before reading any weights, a model whose images are larger (a server's bound).
     nlc: a folder or Hub repo id holding NLC weights for this model (``registry.nlc_for`` checks they are its own).
-    level_reader: "auto" (a trained noise-level estimator where the model has one, else the wavelet reading) or
-    "wavelet" (the wavelet reading even where an estimator exists: the reading every other model gets).
     """
-    if level_reader not in ("auto", "wavelet"):
-        raise ModelLoadError(f"level_reader is 'auto' or 'wavelet', not {str(level_reader)[:40]!r}")
     from diffusers import DDPMScheduler, UNet2DModel
 
     name, folder = _resolve_source(source)
@@ -237,5 +233,4 @@ def load_model(source: str | Path | None = None, *, device: str | torch.device |
                         null_label=extra.get("null_class") if num_embeds and num_classes and num_embeds > num_classes else None,
                         null_timestep=extra.get("null_timestep"), class_names=extra.get("class_names"),
                         clip_sample=bool(sched.config.clip_sample),
-                        name=name, info={"folder": str(folder), **extra, **({"nlc": str(nlc)} if nlc else {}),
-                                         **({"level_reader": level_reader} if level_reader != "auto" else {})})
+                        name=name, info={"folder": str(folder), **extra, **({"nlc": str(nlc)} if nlc else {})})

@@ -23,8 +23,7 @@ CIFAR_ESTIMATOR = WEIGHTS / "cifar10-noise-estimator"
 
 def extras_for(model) -> dict[str, Path]:
     """The trained extras a model has: its NLC network and lookup table (``nlc_for``) and a noise-level
-    estimator (its own, else the CIFAR-10 one for 32x32 RGB models, whose data it matches; none when the model
-    was loaded with ``level_reader="wavelet"``).
+    estimator (its own, else the CIFAR-10 one for 32x32 RGB models, whose data it matches).
     Training-free corrections need nothing and are always available."""
     from .denoiser import as_denoiser
 
@@ -36,10 +35,9 @@ def extras_for(model) -> dict[str, Path]:
         found["nlc"] = nlc
         if (nlc / "lut" / "table.safetensors").exists():
             found["nlc-lut"] = nlc / "lut"
-    trained = model.info.get("level_reader") != "wavelet"        # else told to use the wavelet reading only
-    if trained and folder and (folder / "estimator" / "model.safetensors").exists():
+    if folder and (folder / "estimator" / "model.safetensors").exists():
         found["estimator"] = folder / "estimator"
-    elif trained and tuple(model.sample_shape or ()) == (3, 32, 32) and (CIFAR_ESTIMATOR / "model.safetensors").exists():
+    elif tuple(model.sample_shape or ()) == (3, 32, 32) and (CIFAR_ESTIMATOR / "model.safetensors").exists():
         found["estimator"] = CIFAR_ESTIMATOR
     return found
 
