@@ -126,7 +126,7 @@ for _spec in (
     MethodSpec("nlc-est", "Noise Level Correction read by the noise-level estimator (on the final step)",
                lambda run: MethodSetup(EstimatedLevel(run.estimator())), ("level_reader",), ("estimator",)),
     MethodSpec("nag-est", "Noise Awareness Guidance with the noise-level estimator",
-               lambda run: MethodSetup(Correction(), {"estimator": run.estimator(),
+               lambda run: MethodSetup(Correction(), {"guide": run.estimator(),
                                                       "nag_est_scale": run.values["nag_est_scale"]}),
                ("nag_est_scale", "level_reader"), ("estimator",)),
     MethodSpec("es", "epsilon scaling (training-free)", lambda run: MethodSetup(EpsScaling(run.values["es_lambda"])),

@@ -189,7 +189,7 @@ def test_estimator_nag_pulls_an_over_noised_state_back():
     g, x, sigmas = _over_noised(0.3)
     est = AnalyticEstimator()
     run = lambda w: list(sample_steps(g, sampler="ddim", steps=20, n=x.shape[0], sigmas=sigmas, x=x,
-                                      estimator=est, nag_est_scale=w))
+                                      estimator=est, guide=est, nag_est_scale=w))
     plain, zero, guided = run(0.0), list(sample_steps(g, sampler="ddim", steps=20, n=x.shape[0], sigmas=sigmas, x=x)), run(10.0)
     torch.testing.assert_close(plain[-1].x_next, zero[-1].x_next)          # w = 0 is the plain sampler
     exact = (0.5 ** 2 + 0.3 ** 2) ** 0.5                                   # the spread of clean + sigma 0.3 noise

@@ -92,7 +92,7 @@ def test_the_wavelet_reading_can_replace_a_trained_estimator(tmp_path):
     model = load_model(None, device="cpu")
     assert not isinstance(setup("nlc-est", model, steps=10).correction.estimator, WaveletLevel)
     assert isinstance(setup("nlc-est", model, steps=10, level_reader="wavelet").correction.estimator, WaveletLevel)
-    assert isinstance(setup("nag-est", model, steps=10, level_reader="wavelet").options["estimator"], WaveletLevel)
+    assert isinstance(setup("nag-est", model, steps=10, level_reader="wavelet").options["guide"], WaveletLevel)
     with pytest.raises(ValueError, match="noise-level reading must be one of auto, wavelet"):
         setup("nlc-est", model, steps=10, level_reader="other")
     from PIL import Image

@@ -136,7 +136,7 @@ def method_kwargs(a, model) -> dict:
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
     kw = {"correction": ms.correction, "cfg_scale": cfg, "clip_x0": clip_choice(a), **ms.options}
-    kw.setdefault("estimator", level_reader_for(model))     # sigma_est in traces when the level can be read
+    kw["estimator"] = level_reader_for(model)     # sigma_est in traces when the level can be read
     return kw
 
 

@@ -214,8 +214,7 @@ def fid(a):
         label_list, class_spec = _labels(a, model, n)
         ref = reference_features(clf, Path(a.data), split="train", batch_size=a.feature_batch_size)
         method_kw = method_kwargs(a, model)
-        if a.method != "nag-est":
-            method_kw.pop("estimator")     # no traces needed here
+        method_kw.pop("estimator")     # no traces needed here
         with tqdm(total=n * a.steps, desc=f"sampling {a.sampler} {a.steps} steps", unit="step") as bar:
             images = scoring.sample_uint8(model, n, a.batch_size, a.seed, label_list, bar.update, sampler=a.sampler,
                                           steps=a.steps, schedule=a.schedule, **method_kw, **sampler_options(a))

@@ -5,8 +5,8 @@ seconds per image, written cell by cell to a resumable JSON file (``results.Resu
 Comparability: every cell draws image i from seed + i with the same labels, so methods differ only
 in what they do, not in their starting noise. The figures are taken over all n images of the cell,
 not per batch (records merged across batches). The estimator readings behind them
-are a measurement, not part of a method, so their time is taken out of ``seconds_per_image`` (except
-for ``nag-est``, whose guidance uses the estimator's gradient, which stays in).
+are a measurement, not part of a method, so their time is taken out of ``seconds_per_image`` (nag-est's
+guidance, which follows a reading's gradient, is part of its method and stays in).
 """
 from __future__ import annotations
 
@@ -27,13 +27,11 @@ KEY = ("sampler", "steps", "method")
 
 
 class TimedEstimator:
-    """The estimator, adding up the time its ``estimate`` (the trace's readings: a measurement) takes.
-    Its guidance gradient (``log_prob``, nag-est's) is part of the method: passed on, not counted."""
+    """The estimator, adding up the time its ``estimate`` (the trace's readings: a measurement) takes."""
 
     def __init__(self, estimator):
         self.estimator, self.seconds, self.last = estimator, 0.0, 0.0
         self.reference = estimator.reference
-        self.log_prob, self.parameters = estimator.log_prob, estimator.parameters
 
     def estimate(self, x):
         t = time.perf_counter()
@@ -65,7 +63,7 @@ def run_cell(model, method: str, params: dict, *, sampler: str, steps: int, n: i
     """Sample one cell in batches; returns uint8 images, the merged result, NFE and seconds per image."""
     ms = setup(method, model, steps=steps, **params)
     options = dict(ms.options)
-    found = options.get("estimator") or level_reader_for(model)      # nag-est's own, else for the trace
+    found = level_reader_for(model)      # the measurement: the same reader whatever the method reads or follows
     est = options["estimator"] = TimedEstimator(found) if found is not None else None
     results = []
     for start in parallel.share(list(range(0, n, batch_size))):     # all of them in one process

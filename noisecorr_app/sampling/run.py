@@ -104,15 +104,15 @@ def check_sampler_options(sampler: str, options: dict):
         raise ValueError(f"the {sampler} sampler has no option {', '.join(unknown)} ({takes})")
 
 
-def guided(net, cfg_scale: float = 1.0, nag_scale: float = 0.0, estimator=None, nag_est_scale: float = 0.0):
+def guided(net, cfg_scale: float = 1.0, nag_scale: float = 0.0, guide=None, nag_est_scale: float = 0.0):
     """The network with its guidance: CFG and classifier-free NAG batched (``Guided``), estimator NAG
     on top (``EstimatorGuided``); the network itself when there is none."""
     if cfg_scale != 1 or nag_scale:
         net = Guided(net, cfg_scale, nag_scale)
     if nag_est_scale:
-        if estimator is None:
-            raise ValueError("estimator-based NAG needs a noise-level estimator for this model")
-        net = EstimatorGuided(net, estimator, nag_est_scale)
+        if guide is None:
+            raise ValueError("estimator-based NAG needs a noise-level reading to follow (guide)")
+        net = EstimatorGuided(net, guide, nag_est_scale)
     return net
 
 
@@ -133,14 +133,15 @@ def sample_steps(model, *, sampler: str = "ddim", steps: int = 20, n: int = 1, s
                  seeds: list[int] | None = None, labels=None, correction: Correction | None = None,
                  cfg_scale: float = 1.0, nag_scale: float = 0.0, schedule: str = "model",
                  sigmas: torch.Tensor | None = None, x: torch.Tensor | None = None,
-                 estimator=None, nag_est_scale: float = 0.0, clip_x0: bool | None = None,
+                 estimator=None, guide=None, nag_est_scale: float = 0.0, clip_x0: bool | None = None,
                  **sampler_options) -> Iterator[StepRecord]:
     """Yield one StepRecord per step (with image tensors); the last record's ``x_next`` is the sample.
 
     seeds: one per image (default seed, seed+1, ...); labels: class per image (int or list) or None.
     Each record's ``nfe`` is the network evaluations per image that step spent.
     estimator: a noise-level estimator; each record then carries ``extras['sigma_est']``, its reading
-    of the state entering the step. nag_est_scale: estimator-based NAG with that weight.
+    of the state entering the step (a measurement). guide, nag_est_scale: estimator-based NAG following the
+    gradient of ``guide`` (a reading with ``log_prob``) with that weight.
     clip_x0: clamp every step's x0 estimate to [-1, 1] (``corrections.clip_x0``), for the baseline and any
     correction alike; None follows the model's scheduler config (``clip_sample``; off for a plain
     function). Restoration passes False: it clamps before its projection, never after.
@@ -149,7 +150,7 @@ def sample_steps(model, *, sampler: str = "ddim", steps: int = 20, n: int = 1, s
     check_sampler_options(sampler, sampler_options)
     base = as_denoiser(model)
     counted = CountingDenoiser(base)
-    net = guided(counted, cfg_scale, nag_scale, estimator, nag_est_scale)
+    net = guided(counted, cfg_scale, nag_scale, guide, nag_est_scale)
     correction = correction or Correction()
     if sigmas is None:
         sigmas = make_schedule(schedule, base).sigmas(steps)

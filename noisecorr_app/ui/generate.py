@@ -141,15 +141,14 @@ def check_cost(model, n: int, steps: int, sampler: str, method: str, cfg: float)
 
 def run_kwargs(model, req: GenerateRequest) -> tuple[dict, dict]:
     """sample() keyword arguments for the baseline and the corrected run (same seeds and labels).
-    Both get the noise-level estimator when the model has one, for the per-step plot; it only
-    reads the states (and guides only with nag-est), so the baseline is the plain sampler."""
+    Both get the model's noise-level reading for the per-step plot; it only reads the states (nag-est follows
+    a reading of its own, ``guide``), so the baseline is the plain sampler."""
     common = dict(sampler=req.sampler, steps=req.steps, n=req.n, seed=req.seed,
                   labels=None if req.label is None else [req.label] * req.n, cfg_scale=req.cfg_scale)
     estimator = level_reader_for(model)
     ms = setup(req.method, model, steps=req.steps, sampler=req.sampler, **req.params)
     base = {**common, "estimator": estimator}
-    corrected = {**common, "correction": ms.correction, **ms.options}
-    corrected.setdefault("estimator", estimator)
+    corrected = {**common, "correction": ms.correction, **ms.options, "estimator": estimator}
     return base, corrected
 
 
