@@ -28,6 +28,9 @@ MAD_TO_SIGMA = 0.6745          # the median of |N(0, 1)|
 KEPT = 0.9                     # the guide's share of coefficients: the largest tenth is edges and texture
 _C = NormalDist().inv_cdf(0.5 + KEPT / 2)
 KEPT_MEAN_SQUARE = 1 - 2 * _C * math.exp(-_C * _C / 2) / math.sqrt(2 * math.pi) / KEPT   # E[z^2 | |z| < c]
+# The guide's log-density is tempered so that nag-est's one default weight (10, the trained estimator's) is its best
+# too: untempered, 0.3 was best on validation seeds and 1 diverged (docs/noise-shift.md).
+TEMPER = 0.03
 
 
 def diagonal_details(x: torch.Tensor) -> torch.Tensor:
@@ -65,14 +68,14 @@ class WaveletLevel:
         reading less the clean images' own share (``reference``: real photos' median reading, in quadrature),
         as wide as the reading's sampling error, which grows where that share is most of what is read. The
         sampling error shrinks as 1/sqrt(count) and the gradient of each coefficient as 1/count, so a weight means
-        the same at every image size: about 0.3 removes a state's excess over sigma in the finest band in one
-        step."""
+        the same at every image size (untempered, about 0.3 removes a state's excess over sigma in the finest band
+        in one step)."""
         level, count = guide_level(x)
         content = (self.reference or {}).get("median", 0.0)
         noise = (level ** 2 - content ** 2).clamp_min((0.1 * level) ** 2)
         spread = math.sqrt(0.5 / count) * level ** 2 / noise
         z = (sigma.float().log() - 0.5 * noise.log()) / spread
-        return -0.5 * z ** 2 - spread.log() - 0.5 * math.log(2 * math.pi)
+        return TEMPER * (-0.5 * z ** 2 - spread.log() - 0.5 * math.log(2 * math.pi))
 
     def parameters(self):
         return iter(())
