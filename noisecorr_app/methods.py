@@ -117,15 +117,15 @@ def _nag(run):
 
 for _spec in (
     MethodSpec("none", "baseline sampler", lambda run: MethodSetup(Correction()), in_restoration=True),
-    MethodSpec("nag+nlc-est", "Noise Awareness Guidance, then the estimator's level correction on the final step",
+    MethodSpec("nag+nlc-est", "Noise Awareness Guidance, then the last step at each image's own noise level",
                lambda run: MethodSetup(EstimatedLevel(run.estimator()), _nag(run)), ("nag_scale", "level_reader"),
                ("estimator", "null-noise"), nfe=2.0),
     MethodSpec("nag", "Noise Awareness Guidance, classifier-free (model trained with noise-condition dropout)",
                lambda run: MethodSetup(Correction(), _nag(run)), ("nag_scale",), ("null-noise",), nfe=2.0),
     MethodSpec("nlc", "Noise Level Correction (trained r_theta)", _nlc, ("nlc_mode",), ("nlc",), exclusive=True),
-    MethodSpec("nlc-est", "Noise Level Correction read by the noise-level estimator (on the final step)",
+    MethodSpec("nlc-est", "the last step at each image's own noise level, read off the image",
                lambda run: MethodSetup(EstimatedLevel(run.estimator())), ("level_reader",), ("estimator",)),
-    MethodSpec("nag-est", "Noise Awareness Guidance with the noise-level estimator",
+    MethodSpec("nag-est", "guidance towards the scheduled noise level, read off the image",
                lambda run: MethodSetup(Correction(), {"guide": run.estimator(),
                                                       "nag_est_scale": run.values["nag_est_scale"]}),
                ("nag_est_scale", "level_reader"), ("estimator",)),
