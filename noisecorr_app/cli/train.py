@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import parallel
 from ..training.data import default_cifar10
+from ..training.extras import DATA_FREE
 from .common import UserError, threads_arg
 
 
@@ -68,8 +69,9 @@ def add_parser(sub):
                                                 "(~/.cache/noisecorr/nlc/<owner--name>), where the app finds it")
     n.add_argument("--data-free", action="store_true",
                    help="train on images the model draws itself instead of --data (any model, no dataset)")
-    n.add_argument("--pool", type=int, default=2000, help="with --data-free: how many images the model draws")
-    n.add_argument("--pool-steps", type=int, default=100, help="with --data-free: DDIM steps per drawn image")
+    n.add_argument("--pool", type=int, default=DATA_FREE["pool"], help="with --data-free: how many images the model draws")
+    n.add_argument("--pool-steps", type=int, default=DATA_FREE["pool_steps"],
+                   help="with --data-free: DDIM steps per drawn image")
 
     cd = sub.add_parser("card", help="(re)write a trained denoiser's model card from its records and evaluation reports")
     cd.add_argument("--folder", default="weights/noisecorr-ddpm-cifar10")

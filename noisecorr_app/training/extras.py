@@ -51,9 +51,12 @@ def nlc_loss(denoiser, eta_range: float = 0.5, max_t: int = 990, p_null_class: f
 
 POOL_SEED = 1_000_000      # the model's own training images start here: benchmarks sample from seed 0
 POOL_CORRECTION = "nlc-est-wavelet"      # how they are drawn (``model_samples``): part of their cache's name
+# `train nlc --data-free`: 50 steps, not more, because the wavelet reading reads the last step's level well only
+# above ~0.05 (100 steps end at 0.04: median leftover 0.023 against 0.008 at 20-50 steps; docs/noise-shift.md)
+DATA_FREE = {"pool": 2000, "pool_steps": 50, "steps": 4000, "batch_size": 64}
 
 
-def model_samples(denoiser, n: int, steps: int = 100, seed: int = POOL_SEED, batch_size: int = 100):
+def model_samples(denoiser, n: int, steps: int = DATA_FREE["pool_steps"], seed: int = POOL_SEED, batch_size: int = 100):
     """(images uint8 (n, C, H, W), labels) drawn from the model itself with ``steps`` DDIM steps (classes in
     turn for a class-conditional model), cached in chunks under noisecorr's cache (keyed by the weights'
     SHA-1): a second run, or one resumed after a stop, samples only what is missing. Under ``accelerate launch``
@@ -108,7 +111,6 @@ def _pool_batches(images, labels, batch_size, seed):
     return lambda start: infinite_batches(len(labels), batch_size, make_batch, seed=seed + start)
 
 
-DATA_FREE = {"pool": 2000, "pool_steps": 100, "steps": 4000, "batch_size": 64}    # `train nlc --data-free`
 # network evaluations one training image costs (encoder features at batch 64, r_theta): on the embedded model,
 # 4,000 steps took 8.5 minutes on 2 cores where an evaluation costs 7.8 ms an image (its 200,000 took 25 minutes)
 TRAINING_IMAGE_COST = 0.25
@@ -132,7 +134,7 @@ def data_free_plan(seconds_per_image: float, budget_s: float | None = None) -> d
 
 
 def nlc_trainer(denoiser, data=None, out=None, steps=20_000, batch_size=64, lr=3e-4, split="train", blocks=2,
-                pool: int = 2000, pool_steps: int = 100):
+                pool: int = DATA_FREE["pool"], pool_steps: int = DATA_FREE["pool_steps"]):
     """(Trainer, batches) for NLC's r_theta on a loaded, frozen denoiser. ``data``: an image folder or tarball;
     None trains it data-free, on ``pool`` images the model draws itself (``model_samples``). The weights record
     the denoiser's name and the SHA-1 of its UNet weights (``registry.nlc_for`` finds them for that model only)."""
