@@ -42,6 +42,8 @@ def test_data_free_nlc_trains_resumes_and_belongs_to_its_model(tmp_path, monkeyp
     record = json.loads((nlc / "config.json").read_text())["info"]
     model = load_model(model_dir, device="cpu")
     assert record["denoiser_sha1"] == weights_sha1(model) and record["data"].startswith("samples of the model itself")
+    card = (nlc / "README.md").read_text()            # the card: which weights it belongs to, how it was made
+    assert weights_sha1(model) in card and "train nlc --model" in card and "--data-free" in card
     chunks = sorted((tmp_path / "cache" / "model-samples").rglob("*.safetensors"))
     assert len(chunks) == 1                                     # 6 images, one chunk
     stamp = chunks[0].stat().st_mtime_ns

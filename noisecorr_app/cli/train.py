@@ -177,7 +177,12 @@ def nlc(a):
                         f"({parallel.count()})")
     try:
         train_nlc(a.model, None if a.data_free else a.data, out=a.out, steps=a.steps, batch_size=a.batch_size,
-                  lr=a.lr, max_minutes=a.minutes, threads=a.threads, pool=a.pool, pool_steps=a.pool_steps)
+                  lr=a.lr, max_minutes=a.minutes, threads=a.threads, pool=a.pool, pool_steps=a.pool_steps,
+                  command=" ".join(["python -m noisecorr_app train nlc", *(["--model", a.model] if a.model else []),
+                                    *(["--data-free", "--pool", str(a.pool), "--pool-steps", str(a.pool_steps)]
+                                      if a.data_free else ["--data", str(a.data)]),
+                                    "--steps", str(a.steps), "--batch-size", str(a.batch_size),
+                                    *(["--out", str(a.out)] if a.out else [])]))
     except ModelLoadError as e:
         raise UserError(str(e)) from None
     if parallel.count() > 1 and parallel.is_main():

@@ -1,6 +1,7 @@
 """Train the small networks that live beside a denoiser: NLC's r_theta and the noise-level estimator."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -166,16 +167,45 @@ def nlc_trainer(denoiser, data=None, out=None, steps=20_000, batch_size=64, lr=3
     return trainer, batches
 
 
-def train_nlc(model_source, data=None, out=None, max_minutes=None, threads=None, **settings):
-    """``nlc_trainer`` on the model ``model_source`` names, run to its steps (or ``max_minutes``)."""
+def train_nlc(model_source, data=None, out=None, max_minutes=None, threads=None, command: str | None = None,
+              **settings):
+    """``nlc_trainer`` on the model ``model_source`` names, run to its steps (or ``max_minutes``), then its card."""
     from ..models.loading import load_model
 
     if threads:
         torch.set_num_threads(threads)
-    trainer, batches = nlc_trainer(load_model(model_source), data, out, **settings)
+    model = load_model(model_source)
+    trainer, batches = nlc_trainer(model, data, out, **settings)
     for _ in trainer.run(batches(trainer.step), max_minutes=max_minutes):
         pass
+    if parallel.is_main():
+        write_nlc_card(trainer.dir.parent, model, command)
     return trainer
+
+
+CARD_MARK = "<!-- written by train nlc: rewritten after each run -->"
+
+
+def write_nlc_card(folder: Path, model, command: str | None = None):
+    """The NLC folder's card: the model and weights it belongs to, how it was trained and how to measure it. A card
+    someone wrote by hand (without CARD_MARK) is left alone."""
+    from .card import write_extra_card
+
+    folder = Path(folder)
+    if (folder / "README.md").exists() and CARD_MARK not in (folder / "README.md").read_text():
+        return
+    info = json.loads((folder / "config.json").read_text())["info"]
+    what = (f"{CARD_MARK}\nThe Noise Level Correction network of `{info['denoiser']}`"
+            + (f" (revision `{info['revision']}`)" if info.get("revision") else "")
+            + f": it reads, from the denoiser's features, how much more or less noise a state carries than the "
+            f"schedule says. It belongs to the UNet weights with SHA-1 `{info['denoiser_sha1']}` and is refused for "
+            f"any other. Trained on {info['data']}.")
+    model_flag = "" if info["denoiser"] == "embedded default" else f" --model {info['denoiser']}"
+    results = (f"Not measured here. Measure it against the plain sampler with the same seeds:\n\n"
+               f"`python -m noisecorr_app evaluate generation{model_flag} --nlc {folder} --methods none,nlc "
+               f"--samplers ddim --steps 10 --n 2000`")
+    write_extra_card(folder, f"NLC r_theta for {info['denoiser']}", what,
+                     command or f"python -m noisecorr_app train nlc{model_flag} --data-free", results)
 
 
 def train_estimator(data, out, steps=20_000, batch_size=128, lr=1e-3, max_minutes=None, split="train",

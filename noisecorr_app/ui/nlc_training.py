@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..models.registry import nlc_for
-from ..training.extras import data_free_plan, nlc_trainer
+from ..training.extras import data_free_plan, nlc_trainer, write_nlc_card
 from .limits import seconds_per_image
 
 APP_BUDGET_S = 600          # one click trains for about ten minutes at most (NOISECORR_APP_TRAINING_SECONDS)
@@ -58,4 +58,6 @@ def train(model):
                                    pool=plan["pool"], pool_steps=plan["pool_steps"])
     for _ in trainer.run(batches(trainer.step), max_minutes=1.5 * budget() / 60):
         pass
+    write_nlc_card(trainer.dir.parent, model, f"the app's Train NLC button (data-free: {plan['pool']} images of "
+                                              f"{plan['pool_steps']} steps, {plan['steps']} training steps)")
     return trainer.step, plan
