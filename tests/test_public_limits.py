@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -36,8 +37,22 @@ def big_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with serve_app(tmp_path_factory.mktemp("server"), NOISECORR_CACHE_MAX_AGE=str(CACHE_AGE)) as s:
+    # as on a Space: Gradio's own variable names the host (HOST=127.0.0.1 is set too, and must lose)
+    with serve_app(tmp_path_factory.mktemp("server"), NOISECORR_CACHE_MAX_AGE=str(CACHE_AGE),
+                   GRADIO_SERVER_NAME="0.0.0.0") as s:
         yield s
+
+
+def test_the_server_binds_where_gradios_variable_says(server):
+    """Read from the kernel's table of listening sockets: the launched server listens on 0.0.0.0."""
+    port = int(server["url"].rstrip("/").rsplit(":", 1)[1])
+    listening = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:         # 0A: LISTEN
+            listening.add(address)
+    assert listening == {"00000000"}, listening              # 0.0.0.0, not 127.0.0.1 (0100007F)
 
 
 def client(server):
