@@ -5,7 +5,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # bottom first: each part may import the parts listed before it
-LAYERS = ["settings", "images", "models", "sampling", "extras", "restoration", "methods", "training",
+LAYERS = ["settings", "images", "models", "sampling", "extras", "restoration", "methods", "parallel", "training",
           "evaluation", "ui", "cli", "__main__"]
 
 
