@@ -36,7 +36,7 @@ NEEDS = {
     "nlc": Need(lambda m: "nlc" in extras_for(m),
                 lambda m: nlc_for(m)[1] or "no trained NLC weights for this model yet (`train nlc` makes them)"),
     "nlc-lut": Need(lambda m: "nlc-lut" in extras_for(m), "no NLC lookup table for this model yet"),
-    "estimator": Need(lambda m: level_reader_for(m) is not None,
+    "estimator": Need(lambda m: "estimator" in extras_for(m) or _wavelet_reads(m),
                       "no noise-level reading for this model (the wavelet reading needs even image sides of 8 pixels "
                       "or more)"),
     "null-noise": Need(lambda m: bool(m.supports_null_noise), "the model was not trained with noise-condition dropout"),
@@ -59,12 +59,9 @@ class Run:
         """The noise-level reading the setting ``level_reader`` names (the model's by default)."""
         if self.values.get("level_reader") != "wavelet":
             return level_reader_for(self.model)
-        from .extras.wavelet import WaveletLevel, usable
-
-        shape = as_denoiser(self.model).sample_shape
-        if not usable(shape):
+        if not _wavelet_reads(self.model):
             raise ValueError("the wavelet reading needs even image sides of 8 pixels or more")
-        return WaveletLevel(shape[-1])
+        return _wavelet_reader(self.model)
 
 
 @dataclass(frozen=True)
@@ -261,12 +258,22 @@ def level_reader_for(model):
     """What reads the noise level of a model's states for the per-step plots and leftover-noise figures: its
     trained noise-level estimator, else the wavelet reading (``extras/wavelet.py``: any image domain and size,
     nothing trained), else None. The corrections that read or follow the level (nlc-est, nag-est) use it too."""
-    from .extras.wavelet import WaveletLevel, usable
-
     found = load_estimator_for(model)
-    if found is None and usable(model.sample_shape):
-        found = WaveletLevel(model.sample_shape[-1])
+    if found is None and _wavelet_reads(model):
+        found = _wavelet_reader(model)
     return found
+
+
+def _wavelet_reads(model) -> bool:
+    from .extras.wavelet import usable
+
+    return usable(as_denoiser(model).sample_shape)
+
+
+def _wavelet_reader(model):
+    from .extras.wavelet import WaveletLevel
+
+    return WaveletLevel(as_denoiser(model).sample_shape[-1])
 
 
 def load_estimator_for(model):

@@ -47,8 +47,7 @@ def wait_for_everyone():
 
 
 def rows(batch_size: int) -> slice:
-    """This process's rows of a whole batch of ``batch_size`` (equal parts: the average of the processes'
-    mean losses is then the whole batch's mean loss)."""
+    """This process's rows of a whole batch of ``batch_size`` (equal parts, so ``gather_rows`` can gather them)."""
     state = _state()
     if batch_size % state.num_processes:
         raise ValueError(f"the batch size ({batch_size}) must be a multiple of the number of processes "
@@ -80,13 +79,13 @@ def broadcast(tensors) -> None:
         dist.broadcast(t.data, src=0)
 
 
-def mean(value: float) -> float:
-    """The mean of a number over the processes."""
+def anyone(flag: bool) -> bool:
+    """True on every process when it is true on any (a stop one process sees stops them all at the same step)."""
     if count() == 1:
-        return value
+        return flag
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([float(value)], device=_state().device)
+    t = torch.tensor([float(flag)], device=_state().device)
     dist.all_reduce(t)
-    return float(t.item()) / count()
+    return bool(t.item() > 0)

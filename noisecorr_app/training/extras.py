@@ -81,10 +81,11 @@ def model_samples(denoiser, n: int, steps: int = DATA_FREE["pool_steps"], seed: 
     folder = cache_dir() / "model-samples" / f"{fingerprint}-{steps}steps-{POOL_CORRECTION}-seed{seed}"
     correction = EstimatedLevel(WaveletLevel(denoiser.sample_shape[-1])) if usable(denoiser.sample_shape) else None
     folder.mkdir(parents=True, exist_ok=True)
-    chunks = {start: folder / f"{start:07d}-{min(batch_size, n - start)}.safetensors" for start in range(0, n, batch_size)}
+    sizes = {start: min(batch_size, n - start) for start in range(0, n, batch_size)}
+    chunks = {start: folder / f"{start:07d}-{count}.safetensors" for start, count in sizes.items()}
     for start in tqdm(parallel.share(list(chunks)), desc=f"samples of the model ({steps} DDIM steps)", unit="batch",
                       disable=not parallel.is_main()):
-        count, chunk = min(batch_size, n - start), chunks[start]
+        count, chunk = sizes[start], chunks[start]
         if not chunk.exists():
             lab = (torch.arange(start, start + count) % denoiser.num_classes) if denoiser.num_classes else None
             with torch.no_grad():

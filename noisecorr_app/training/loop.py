@@ -236,8 +236,7 @@ class Trainer:
                         self.save()
                         last_ckpt = time.time()
                     out_of_time = max_minutes is not None and time.time() - start > 60 * max_minutes
-                    # every process stops at the same step (a stop one of them sees stops all)
-                    if parallel.mean(float(out_of_time or stop["now"])) > 0:
+                    if parallel.anyone(out_of_time or stop["now"]):
                         break
         finally:
             bar.close()
