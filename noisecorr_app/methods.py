@@ -119,7 +119,8 @@ for _spec in (
                ("estimator", "null-noise"), nfe=2.0),
     MethodSpec("nag", "Noise Awareness Guidance, classifier-free (model trained with noise-condition dropout)",
                lambda run: MethodSetup(Correction(), _nag(run)), ("nag_scale",), ("null-noise",), nfe=2.0),
-    MethodSpec("nlc", "Noise Level Correction (trained r_theta)", _nlc, ("nlc_mode",), ("nlc",), exclusive=True),
+    MethodSpec("nlc", "Noise Level Correction (trained r_theta)", _nlc, ("nlc_mode",), ("nlc",), exclusive=True,
+               in_restoration=True),
     MethodSpec("nlc-est", "the last step at each image's own noise level, read off the image",
                lambda run: MethodSetup(EstimatedLevel(run.estimator())), ("level_reader",), ("estimator",)),
     MethodSpec("nag-est", "guidance towards the scheduled noise level, read off the image",
@@ -305,18 +306,19 @@ def restoration_available(model) -> dict[str, bool]:
 
 def restoration_settings(model, method: str, **overrides) -> dict:
     """A restoration method's free settings for ``model``: its validated choice (noisecorr.json
-    ``restoration``: {method: {"eta": ..., "prox_weight": ...}}, chosen on train images), else the
+    ``restoration``: {method: {"eta": ..., "prox_weight": ..., "level_ratio": ...}}, chosen on train images), else the
     method's paper values; ``overrides`` that are not None on top (a user's own). A value out of
     range is an error naming the file."""
-    from .restoration.tasks import PROX_WEIGHT, RESTORATION_METHODS, RESTORE_ETA
+    from .restoration.tasks import LEVEL_RATIO, PROX_WEIGHT, RESTORATION_METHODS, RESTORE_ETA
 
     spec = RESTORATION_METHODS[method]
-    out = {"eta": spec.eta, **({"prox_weight": spec.prox_weight} if spec.prox_weight is not None else {})}
+    out = {"eta": spec.eta, **{k: v for k, v in (("prox_weight", spec.prox_weight), ("level_ratio", spec.level_ratio))
+                               if v is not None}}
     own, where = _model_file(model, "restoration")
     chosen = own.get(method) or {}
     if not isinstance(chosen, dict):
         raise ValueError(f"restoration.{method} in {where} must be an object")
-    for key, param in (("eta", RESTORE_ETA), ("prox_weight", PROX_WEIGHT)):
+    for key, param in (("eta", RESTORE_ETA), ("prox_weight", PROX_WEIGHT), ("level_ratio", LEVEL_RATIO)):
         if key in chosen and key in out:
             try:
                 out[key] = param.check(chosen[key])
@@ -326,8 +328,9 @@ def restoration_settings(model, method: str, **overrides) -> dict:
 
 
 def restoration_correction(method: str, model, steps: int | None = None, correction: str = "none") -> Correction:
-    """The correction inside a restoration method's loop: its own (NLC for iterproj-nlc), else ``correction``
-    (a training-free one), with restoration's settings (RESTORATION_PARAMS)."""
+    """The correction inside a restoration method's loop: its own, else ``correction`` (one marked
+    ``in_restoration``; for iterproj-nlc a level correction such as NLC replaces its fixed reading), with
+    restoration's settings (RESTORATION_PARAMS)."""
     from .restoration.tasks import RESTORATION_METHODS
 
     if method not in RESTORATION_METHODS:

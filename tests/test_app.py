@@ -139,7 +139,7 @@ def test_restoration_endpoint(client, model, tab):
     assert np.array_equal(pixels(png(base)), pixels(_library_baseline(model, tab)))
     assert not np.array_equal(pixels(png(degraded)), pixels(png(ref)))    # the input really was degraded
     assert "PSNR" in metrics and "SSIM" in metrics and "consistency" in metrics
-    assert {r[2] for r in plot_rows(cons)} == {"baseline (DDNM)", "corrected (IterProj)"}
+    assert {r[2] for r in plot_rows(cons)} == {"baseline (DDNM)", "corrected (IterProj-NLC)"}
     assert len(plot_rows(eps)) == 8 and len(plot_rows(sig)) > 0
     with zipfile.ZipFile(bundle) as z:
         assert {"reference.png", "degraded.png", "baseline_ddnm.png", "run.json"} <= set(z.namelist())

@@ -239,17 +239,16 @@ def test_restoration_benchmark_rows_and_resume(equipped_model, tmp_path, monkeyp
     assert [l.split("|")[2].strip() for l in lines[:3]] == ["0", "0", "0"]
 
 
-def test_restoration_without_nlc_weights_skips_iterproj_nlc(tiny_model_dir, tmp_path, capsys, one_thread):
+def test_restoration_runs_iterproj_nlc_on_a_model_without_nlc_weights(tiny_model_dir, tmp_path, one_thread):
+    """IterProj-NLC's level reading needs nothing trained: a model without NLC weights runs it too."""
     images = image_folder(tmp_path / "imgs", sizes=((8, 8), (8, 8)))
     args = restoration_args(tiny_model_dir, images, tmp_path)
     args[args.index("--tasks") + 1], args[args.index("--sigma-y") + 1] = "inpaint", "0"
     assert main(args) == 0
-    assert "skipping iterproj-nlc" in capsys.readouterr().out
     doc = json.loads((tmp_path / "rest.json").read_text())
-    assert [r["method"] for r in doc["rows"]] == ["ddnm", "iterproj"]
-    assert doc["skipped"][0]["what"] == "iterproj-nlc" and "NLC" in doc["skipped"][0]["reason"]
+    assert [r["method"] for r in doc["rows"]] == ["ddnm", "iterproj", "iterproj-nlc"] and not doc.get("skipped")
+    assert doc["rows"][2]["settings"]["level_ratio"] == 0.3
     assert all(r["ssim"] is None for r in doc["rows"])          # 8x8: too small for SSIM's window
-    assert "skipped iterproj-nlc" in (tmp_path / "rest.md").read_text()
 
 
 def test_default_images_are_a_seeded_sample_of_the_test_split(fid_setup):

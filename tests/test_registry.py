@@ -124,11 +124,12 @@ def test_validated_restoration_settings_are_read_from_the_model_folder(tmp_path,
     img = tmp_path / "in.png"
     Image.fromarray((np.random.default_rng(0).random((8, 8, 3)) * 255).astype(np.uint8)).save(img)
     outputs = {}
-    for eta in (0.2, 1.0):
+    for eta, level in ((0.2, 0.0), (1.0, 0.6)):
         folder = tmp_path / f"m{eta}"
         shutil.copytree(tiny_model_dir, folder)
         (folder / "noisecorr.json").write_text(json.dumps({"restoration": {"ddnm": {"eta": eta},
-                                                                         "diffpir": {"prox_weight": 3.0}}}))
+                                                                         "diffpir": {"prox_weight": 3.0},
+                                                                         "iterproj-nlc": {"level_ratio": level}}}))
         model = load_model(folder, device="cpu")
         assert restoration_settings(model, "ddnm") == {"eta": eta}
         assert restoration_settings(model, "diffpir") == {"eta": RESTORATION_METHODS["diffpir"].eta, "prox_weight": 3.0}
@@ -138,9 +139,13 @@ def test_validated_restoration_settings_are_read_from_the_model_folder(tmp_path,
         req, x, op = parse_restore(model, "super_resolution", str(img), 0.0, 4, 0, factor=2)
         app = run_restore(model, req, x, op)
         assert app["baseline"].settings["eta"] == eta                       # the app's DDNM run
-        outputs[eta] = (np.asarray(Image.open(out / "in_sr2_ddnm.png")), app["baseline"].images)
-    assert not np.array_equal(outputs[0.2][0], outputs[1.0][0])
-    assert not torch.equal(outputs[0.2][1], outputs[1.0][1])
+        assert app["corrected"].settings["level_ratio"] == level            # and its IterProj-NLC run
+        assert main(["restore", "--model", str(folder), "--task", "sr2", "--input", str(img), "--method", "iterproj-nlc",
+                     "--steps", "4", "--out", str(out), "--device", "cpu", "--overwrite"]) == 0
+        outputs[eta] = (np.asarray(Image.open(out / "in_sr2_ddnm.png")), app["baseline"].images,
+                        np.asarray(Image.open(out / "in_sr2_iterproj-nlc.png")), app["corrected"].images)
+    for a, b in zip(outputs[0.2], outputs[1.0]):
+        assert not (np.array_equal(a, b) if isinstance(a, np.ndarray) else torch.equal(a, b))
     # a value out of range is refused, naming the file
     bad = tmp_path / "bad"
     shutil.copytree(tiny_model_dir, bad)

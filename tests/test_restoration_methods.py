@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from noisecorr_app.models.denoiser import sigmas_from_alphas_cumprod
-from noisecorr_app.restoration.methods import (METHODS, OFFICIAL_TAIL_FRACTION, SIGMA_Y_MAX, Projected, cyclic_tail, default_tail_steps,
+from noisecorr_app.restoration.methods import (LEVEL_BELOW, METHODS, OFFICIAL_TAIL_FRACTION, SIGMA_Y_MAX, Projected, cyclic_tail, default_tail_steps,
                                                degrade, iterproj_sigmas, measurement_size,
                                                restore)
 from noisecorr_app.restoration.operators import Inpainting, make_mask, make_operator
@@ -332,14 +332,42 @@ def test_equal_nfe_and_inner_corrections(prior, truth):
     # training-free corrections inside the loop
     es = restore(prior, op, y, method="iterproj", steps=10, correction=EpsScaling(1.01))
     assert es.settings["correction"] == "es" and float(es.consistency.max()) < 1e-3
-    # iterproj-nlc: a level correction is required (here an oracle told the scheduled level: r = 0)
-    with pytest.raises(ValueError, match="correction"):
-        restore(prior, op, y, method="iterproj-nlc", steps=10)
+    # iterproj-nlc: its own fixed reading, or a level correction given in its place (an oracle here)
     with pytest.raises(ValueError, match="LevelCorrection"):
         restore(prior, op, y, method="iterproj-nlc", steps=10, correction=EpsScaling())
     nlc = restore(prior, op, y, method="iterproj-nlc", steps=10, correction=OracleLevel(lambda x, s, i: s))
     assert nlc.nfe_per_image == 10 and float(nlc.consistency.max()) < 1e-3
-    assert nlc.settings["correction"] == "oracle"
+    assert nlc.settings["correction"] == "oracle" and "level_ratio" not in nlc.settings
+    own = restore(prior, op, y, method="iterproj-nlc", steps=10)
+    assert own.settings["correction"] == "fixed-level" and own.settings["level_ratio"] == 0.3
+    assert own.nfe_per_image == 10 and float(own.consistency.max()) < 1e-3
+
+
+def test_iterproj_nlc_tells_the_network_a_raised_level_in_the_last_steps(prior, truth):
+    """sigma (1 + r) at sigma <= LEVEL_BELOW, the scheduled sigma above; the step still goes to the
+    scheduled next level; r = 0 is IterProj itself."""
+    op = make_operator("sr4", 32)
+    y = degrade(op, truth)
+    told = []
+
+    class Spy(PixelGaussian):
+        def eps(self, x, sigma, cond=None):
+            told.append(sigma.clone())
+            return super().eps(x, sigma, cond)
+
+    res = restore(Spy(), op, y, method="iterproj-nlc", steps=12, level_ratio=0.4)
+    scheduled = torch.tensor([h["sigma"] for h in res.history])
+    used = torch.stack([t[0] for t in told]).double()
+    low = scheduled <= LEVEL_BELOW
+    assert 0 < int(low.sum()) < len(scheduled)
+    assert torch.allclose(used[low], 1.4 * scheduled[low].double(), rtol=1e-4)
+    assert torch.allclose(used[~low], scheduled[~low].double(), rtol=1e-4)
+    assert [h["sigma_next"] for h in res.history][:-1] == [h["sigma"] for h in res.history][1:]
+    zero = restore(prior, op, y, method="iterproj-nlc", steps=12, level_ratio=0.0)
+    assert torch.equal(zero.images, restore(prior, op, y, method="iterproj", steps=12).images)
+    assert not torch.equal(zero.images, res.images)
+    with pytest.raises(ValueError, match="level r"):
+        restore(prior, op, y, method="iterproj-nlc", steps=4, level_ratio=2.0)
 
 
 def test_records_history_progress_and_validation(prior, truth):

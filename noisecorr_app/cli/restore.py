@@ -21,12 +21,14 @@ def task_args(p, tasks=None):
 
 
 def method_args(p):
-    """--eta, --grid, --tail-steps and --next-level, shared by `restore` and `evaluate restoration`."""
-    from ..restoration.tasks import PROX_WEIGHT, RESTORE_ETA
+    """--eta, --prox-weight, --level-ratio, --grid, --tail-steps and --next-level, shared by `restore` and
+    `evaluate restoration`."""
+    from ..restoration.tasks import LEVEL_RATIO, PROX_WEIGHT, RESTORE_ETA
 
     validated = "the model's validated choice for each method (noisecorr.json), else its paper's"
     param_arg(p, RESTORE_ETA, default_text=validated)
     param_arg(p, PROX_WEIGHT, default_text=validated)
+    param_arg(p, LEVEL_RATIO, default_text="the model's validated choice (noisecorr.json), else 0.3")
     p.add_argument("--grid", default="model", choices=["model", "loglinear"],
                    help="iterproj: the main sigma grid, model (DDNM's: the model's timesteps, 'leading'; default; "
                         "measured: ahead at 20 steps, level at 100) or loglinear (the official IterProj's, 100 down "
@@ -41,17 +43,18 @@ def method_args(p):
 
 def method_options(a) -> dict:
     """The method_args options, checked here so a bad value is one message before any model loads; eta
-    and prox_weight None: each method's validated value for the model (``methods.restoration_settings``)."""
-    from ..restoration.tasks import PROX_WEIGHT, RESTORE_ETA
+    prox_weight and level_ratio None: each method's validated value for the model (``methods.restoration_settings``)."""
+    from ..restoration.tasks import LEVEL_RATIO, PROX_WEIGHT, RESTORE_ETA
 
     try:
         eta = None if a.eta is None else RESTORE_ETA.check(a.eta)
         prox = None if a.prox_weight is None else PROX_WEIGHT.check(a.prox_weight)
+        level = None if a.level_ratio is None else LEVEL_RATIO.check(a.level_ratio)
     except ValueError as e:
         raise UserError(str(e)) from None
     if a.tail_steps is not None and not 0 <= a.tail_steps < a.steps:
         raise UserError(f"--tail-steps must be from 0 to --steps - 1 ({a.steps - 1}), got {a.tail_steps}")
-    return {"eta": eta, "prox_weight": prox, "tail_steps": a.tail_steps, "grid": a.grid, "next_level": a.next_level}
+    return {"eta": eta, "prox_weight": prox, "level_ratio": level, "tail_steps": a.tail_steps, "grid": a.grid, "next_level": a.next_level}
 
 
 def task_values(a, task) -> dict:
@@ -84,7 +87,8 @@ def add_parser(sub):
     r.add_argument("--input", required=True, help="the clean image (it is degraded, then restored)")
     r.add_argument("--method", choices=list(RESTORATION_METHODS), default="iterproj")
     r.add_argument("--correction", choices=[k for k, s in METHODS.items() if s.in_restoration], default="none",
-                   help="training-free correction inside iterproj")
+                   help="a correction inside the method's loop (iterproj; for iterproj-nlc, nlc reads the level "
+                        "with the trained r_theta in place of the fixed reading)")
     param_arg(r, SIGMA_Y, default=SIGMA_Y.default)
     r.add_argument("--mask", default=None, help="inpainting: mask image; white (or, with transparency, opaque) "
                                                 "pixels are the missing ones")

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..methods import restoration_available, restoration_correction, restoration_settings
+from ..methods import METHODS, restoration_available, restoration_correction, restoration_settings
 from ..restoration.methods import degrade, restore
+from ..restoration.tasks import RESTORATION_METHODS
 from ..restoration.operators import make_operator
 from .. import parallel
 from .metrics import psnr, ssim
@@ -94,14 +95,14 @@ def evaluate_restoration(model, x: torch.Tensor, table: ResultsFile, *, tasks: l
                          sigma_ys: list[float], steps: int, seed: int = 0, batch_size: int = 20,
                          task_settings: dict | None = None, log=print, **options) -> list[dict]:
     """Fill ``table`` with every (task, sigma_y, method) cell not already in it; returns this grid's rows.
-    iterproj-nlc needs the model's NLC network: without it, it is recorded as skipped."""
+    A method whose inner correction the model cannot run is recorded as skipped, with the reason."""
     from tqdm import tqdm
 
     task_settings = task_settings or {}
     runnable = list(methods)
     can = restoration_available(model)
     for m in [m for m in methods if not can[m]]:
-        reason = f"{model.name} has no NLC weights (<model>/nlc; train them with `train nlc`)"
+        reason = f"{model.name}: {METHODS[RESTORATION_METHODS[m].inner].why_unavailable(model)}"
         table.skip(m, reason)
         log(f"skipping {m}: {reason}")
         runnable.remove(m)

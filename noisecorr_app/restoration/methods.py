@@ -26,14 +26,14 @@ from typing import Callable
 import torch
 
 from ..models.denoiser import Cond, Wrapper, as_denoiser, bcast
-from ..sampling.corrections import Correction, LevelCorrection, Prediction
+from ..sampling.corrections import Correction, FixedLevel, LevelCorrection, Prediction
 from ..sampling.noise import SeededNoise
 from ..sampling.run import MAX_STEPS, sample_steps
 from ..sampling.samplers import SAMPLERS, StepRecord
 from ..sampling.schedules import LogLinear, ModelSpacing
 from ..sampling.trace import light, step_summary
 from .operators import Inpainting, Operator
-from .tasks import PROX_WEIGHT, RESTORATION_METHODS, RESTORE_ETA, SIGMA_Y
+from .tasks import LEVEL_RATIO, PROX_WEIGHT, RESTORATION_METHODS, RESTORE_ETA, SIGMA_Y
 
 __all__ = ["METHODS", "SIGMA_Y_MAX", "GRIDS", "NEXT_LEVELS", "Projected", "RestoreResult", "restore", "degrade",
            "cyclic_tail", "with_tail", "iterproj_sigmas", "model_grid", "default_tail_steps", "model_noise",
@@ -55,6 +55,8 @@ DEFAULT_NEXT_LEVEL = "scheduled"          # ours (measured: docs/restoration.md)
 RULES = ("ddnm", "diffpir", "ddrm")           # Projected's data steps
 FRESH_SEEDS = 2 ** 40         # DDRM's own noise: image i draws from FRESH_SEEDS + seed + i, apart from the sampler's
 SELECT_TOL = 1e-3            # RMS residual per measurement below which steps count as equally consistent
+LEVEL_BELOW = 2.0            # IterProj-NLC's level reading acts at sigma <= 2, where the projected estimate's
+                             # error shows in the states' level (measured: docs/restoration.md)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,7 +317,12 @@ def _check_method(method: str, sampler: str, correction) -> None:
         raise ValueError(f"unknown restoration method {method!r} (choose from {', '.join(METHODS)})")
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
-    if RESTORATION_METHODS[method].inner is not None:
+    if RESTORATION_METHODS[method].level_ratio is not None:
+        if correction is not None and type(correction) is not Correction and not isinstance(correction, LevelCorrection):
+            raise ValueError(f"method {method!r} reads the noise level itself: pass no correction, or a noise-level "
+                             f"correction (LevelCorrection, e.g. the NLC network) as its reading, not "
+                             f"{type(correction).__name__}")
+    elif RESTORATION_METHODS[method].inner is not None:
         if correction is None:
             raise ValueError(f"method {method!r} needs the noise-level correction: pass correction= "
                              "(the NLC network or its lookup table, a LevelCorrection)")
@@ -410,7 +417,7 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
             n: int | None = None, sampler: str = "ddim", clip: bool = True, cycle_size: int | None = None,
             tail_sigma: tuple[float, float] = TAIL_SIGMA, sigma_max: float | None = None,
             grid: str = DEFAULT_GRID, next_level: str = DEFAULT_NEXT_LEVEL,
-            prox_weight: float | None = None) -> RestoreResult:
+            prox_weight: float | None = None, level_ratio: float | None = None) -> RestoreResult:
     """Restore images from the measurement ``y`` (of ``operator``) with one of ``METHODS``.
 
     model: a denoiser (``eps(x, sigma, cond)``) or a callable eps(x, sigma).
@@ -424,6 +431,8 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
     of ``cycle_size`` (default min(10, tail_steps)) between ``tail_sigma`` = (0.003, 0.02).
     grid: iterproj's main grid, "model" (DDNM's, the default) or "loglinear" (the official one, from
     ``sigma_max``, default min(100, the model's sigma_max), to the model's sigma_min).
+    level_ratio: iterproj-nlc's level reading, r in sigma (1 + r) at sigma <= LEVEL_BELOW (default its
+    declared value); a LevelCorrection passed as ``correction`` reads the level instead (e.g. NLC's r_theta).
     next_level: with a level correction inside, re-noise to the "scheduled" sigma_next (default) or
     to the "corrected" sigma_next (1 + r) of the official code.
     sampler: "ddim" by definition of the methods; the others work too (eta is DDIM's only).
@@ -437,6 +446,10 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
     eta = RESTORE_ETA.check(spec.eta if eta is None else eta)
     prox_weight = PROX_WEIGHT.check(spec.prox_weight if prox_weight is None else prox_weight) \
         if spec.rule == "diffpir" else None
+    level_ratio = LEVEL_RATIO.check(spec.level_ratio if level_ratio is None else level_ratio) \
+        if spec.level_ratio is not None else None
+    if level_ratio is not None and not isinstance(correction, LevelCorrection):
+        correction = FixedLevel(level_ratio, max_sigma=LEVEL_BELOW)
     base, y, n = _batched(as_denoiser(model), operator, y, n)
     g = restoration_grid(method, base, steps, grid, tail_steps, cycle_size, tail_sigma, sigma_max)
 
@@ -478,5 +491,7 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
         settings.update(grid=grid, next_level=next_level, cycle_size=g.cycle, tail_sigma=list(tail_sigma))
     if prox_weight is not None:
         settings["prox_weight"] = prox_weight
+    if isinstance(proj.inner, FixedLevel):
+        settings["level_ratio"] = proj.inner.r
     return RestoreResult(images, records, history, consistency, sum(r.nfe for r in records),
                          time.perf_counter() - t0, settings, keep.kept)

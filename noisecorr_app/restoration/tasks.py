@@ -20,6 +20,9 @@ RESTORE_ETA = Param("eta", "Fresh noise eta", 0, 1, 0.85, "the method's fresh-no
                     "DDNM's form (DDNM, IterProj), DDRM's eta, DiffPIR's zeta", tunable=False)
 PROX_WEIGHT = Param("prox_weight", "DiffPIR lambda", 0.01, 1000, 7.0, "DiffPIR's data-term weight (rho = lambda "
                     "sigma_y^2 / sigma^2)", tunable=False)
+LEVEL_RATIO = Param("level_ratio", "IterProj-NLC level r", 0, 1, 0.3, "IterProj-NLC: in the last steps (sigma "
+                    "below 2) the network is told the level sigma (1 + r), the noise the projected estimate leaves on "
+                    "top of the schedule's", step=0.05, tunable=False)
 
 
 @dataclass(frozen=True)
@@ -72,12 +75,13 @@ class RestorationMethod:
     inner: str | None = None         # the generation method run inside the loop (methods.METHODS)
     eta: float = 0.85                # the method's fresh-noise knob (DiffPIR: zeta), its paper's value
     prox_weight: float | None = None  # DiffPIR's lambda
+    level_ratio: float | None = None  # a level correction reading sigma (1 + r) in the last steps (``FixedLevel``)
 
 
 RESTORATION_METHODS: dict[str, RestorationMethod] = {m.name: m for m in (
     RestorationMethod("ddnm", "DDNM"),
     RestorationMethod("iterproj", "IterProj", iterproj=True),
-    RestorationMethod("iterproj-nlc", "IterProj-NLC", iterproj=True, inner="nlc"),
+    RestorationMethod("iterproj-nlc", "IterProj-NLC", iterproj=True, level_ratio=LEVEL_RATIO.default),
     RestorationMethod("ddrm", "DDRM", rule="ddrm"),
     RestorationMethod("diffpir", "DiffPIR", rule="diffpir", eta=0.3, prox_weight=7.0),
 )}

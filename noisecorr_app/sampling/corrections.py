@@ -163,6 +163,21 @@ class OracleLevel(LevelCorrection):
         return self.true_sigma_fn(x, sigma, step) / sigma - 1
 
 
+class FixedLevel(LevelCorrection):
+    """A level correction with a fixed reading: every state at or below ``max_sigma`` is taken to sit at
+    ``sigma (1 + r)``. Restoration uses it (IterProj-NLC): after each projection the state carries the
+    projected estimate's error on top of the scheduled noise, more the closer the end, and a reading that
+    does not depend on the model works for any model (docs/restoration.md has the measurements)."""
+    name = "fixed-level"
+
+    def __init__(self, r: float, max_sigma: float | None = 2.0, **kw):
+        super().__init__(max_sigma=max_sigma, normalize=False, **kw)
+        self.r = float(r)
+
+    def ratio(self, model, x, sigma, cond, step):
+        return torch.full_like(sigma, self.r)
+
+
 class SelfEstimate(LevelCorrection):
     """Training-free: the network's own ``||eps|| / sqrt(n)`` as the level ratio 1 + r.
 

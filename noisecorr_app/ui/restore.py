@@ -1,5 +1,5 @@
 """The restoration tabs as plain functions: an image and task settings -> the measurement y ->
-DDNM (baseline) and IterProj(-NLC) (corrected) from the same seed -> images, PSNR/SSIM against
+DDNM (baseline) and IterProj-NLC (corrected) from the same seed -> images, PSNR/SSIM against
 the reference, measurement consistency, plot data and a download bundle. No Gradio here."""
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def corrected_setup(model):
 
 
 def needs_exclusive_restore(model) -> bool:
-    """IterProj-NLC reads bottleneck features through a forward hook on the shared network."""
+    """Whether the corrected method's inner correction reads features through a forward hook (NLC's r_theta)."""
     from ..methods import METHODS
 
     inner = RESTORATION_METHODS[restoration_plan(model)[0]].inner

@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from ..methods import METHODS, recommended_run, restoration_available
+from ..methods import METHODS, recommended_run
 from ..models.loading import REPO_ID, ModelLoadError, load_model
 from ..models.registry import HUB_PRESETS
 from ..restoration.tasks import RESTORATION_METHODS
@@ -231,12 +231,10 @@ def default_correction(choices: list[tuple[str, str]], model=None) -> str | None
 
 
 def restoration_plan(model) -> tuple[str, str]:
-    """(corrected method, a sentence for the UI): IterProj-NLC when NLC weights exist, else IterProj."""
-    if model is not None and restoration_available(model)["iterproj-nlc"]:
-        return "iterproj-nlc", (f"Baseline: **{RESTORATION_METHODS['ddnm'].title}** · corrected: "
-                                f"**{RESTORATION_METHODS['iterproj-nlc'].title}** (IterProj with this model's NLC network).")
-    return "iterproj", ("Baseline: **DDNM** · corrected: **IterProj** (the projection loop, re-noising from the projected estimate). "
-                        "This model has no trained NLC weights yet, so IterProj runs without NLC.")
+    """(corrected method, a sentence for the UI): IterProj-NLC, which every model can run."""
+    return "iterproj-nlc", (f"Baseline: **{RESTORATION_METHODS['ddnm'].title}** · corrected: "
+                            f"**{RESTORATION_METHODS['iterproj-nlc'].title}**: in the last steps the network is told "
+                            "the noise that fitting the measurement leaves in the image, so it removes it.")
 
 
 def describe(model, error: str | None = None) -> str:
