@@ -28,7 +28,7 @@ def method_args(p):
     validated = "the model's validated choice for each method (noisecorr.json), else its paper's"
     param_arg(p, RESTORE_ETA, default_text=validated)
     param_arg(p, PROX_WEIGHT, default_text=validated)
-    param_arg(p, LEVEL_RATIO, default_text="the model's validated choice (noisecorr.json), else 0.3")
+    param_arg(p, LEVEL_RATIO, default_text=f"the model's validated choice (noisecorr.json), else {LEVEL_RATIO.default:g}")
     p.add_argument("--grid", default="model", choices=["model", "loglinear"],
                    help="iterproj: the main sigma grid, model (DDNM's: the model's timesteps, 'leading'; default; "
                         "measured: ahead at 20 steps, level at 100) or loglinear (the official IterProj's, 100 down "

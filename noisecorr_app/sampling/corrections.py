@@ -170,7 +170,7 @@ class FixedLevel(LevelCorrection):
     does not depend on the model works for any model (docs/restoration.md has the measurements)."""
     name = "fixed-level"
 
-    def __init__(self, r: float, max_sigma: float | None = 2.0, **kw):
+    def __init__(self, r: float, max_sigma: float | None, **kw):
         super().__init__(max_sigma=max_sigma, normalize=False, **kw)
         self.r = float(r)
 
