@@ -53,7 +53,8 @@ DEFAULT_GRID = "model"       # measured: docs/restoration.md
 NEXT_LEVELS = ("scheduled", "corrected")  # where a level correction's step re-noises to
 DEFAULT_NEXT_LEVEL = "scheduled"          # ours (measured: docs/restoration.md); "corrected" is the official
 RULES = ("ddnm", "diffpir", "ddrm")           # Projected's data steps
-FRESH_SEEDS = 2 ** 40         # DDRM's own noise: image i draws from FRESH_SEEDS + seed + i, apart from the sampler's
+FRESH_SEEDS = 2 ** 40         # a step's own noise (DDRM, DDNM+): image i draws from FRESH_SEEDS + seed + i, apart
+                              # from the sampler's
 SELECT_TOL = 1e-3            # RMS residual per measurement below which steps count as equally consistent
 LEVEL_BELOW = 2.0            # IterProj-NLC's level reading acts at sigma <= 2, where the projected estimate's
                              # error shows in the states' level (measured: docs/restoration.md)
@@ -111,7 +112,9 @@ class Projected(Correction):
     operator, y: the measurement; y (B or 1, ...) is moved to x's device and dtype as needed.
     sigma_y: measurement noise std in [0, 1] pixel units.
     rule: the data step, one spectral filter of the residual each (``Operator.pinv_filtered``):
-      "ddnm": DDNM's projection, DDNM+'s damping min(1, sigma_next s / sigma_y) with noise;
+      "ddnm": DDNM's projection; with noise DDNM+'s damping min(1, sigma_next s / sigma_y) and, given
+      ``noise``, DDNM+'s re-noising: each range component gets only the fresh noise that tops the
+      measurement noise it carries up to sigma_next (the prediction then carries the step);
       "diffpir": DiffPIR's proximal step, argmin ||A x - y||^2 + rho ||x - x0||^2 with
       rho = prox_weight sigma_y^2 / sigma^2 (the projection without noise);
       "ddrm": DDRM's per-singular-value update with its own fresh noise (``eta``; eta_b = 1): the
@@ -137,6 +140,8 @@ class Projected(Correction):
         self.operator, self.y, self.clip = operator, y, bool(clip)
         self.sigma_y = check_sigma_y(sigma_y)
         self.noise = model_noise(self.sigma_y)
+        # the prediction carries the whole step (its fresh noise included): the sampler must add none
+        self.carries_noise = rule == "ddrm" or (rule == "ddnm" and self.noise > 0 and noise is not None)
         self.gain = operator.noise_gain(y) if self.noise > 0 else 1.0
         self.s_top = operator.top_singular_value(y) if self.noise > 0 else 1.0
         self.name = f"projected+{self.inner.name}" if rule == "ddnm" else f"{rule}+{self.inner.name}"
@@ -198,6 +203,19 @@ class Projected(Correction):
                                     (1 - (self.noise / (s * sn)) ** 2).clamp_min(0).sqrt())
         return null + op.pinv_filtered(op.A(xi), lambda s: std(s) / s)
 
+    def ddnm_plus_direction(self, x, x0p, sigma, sigma_next):
+        """DDNM+'s direction for x_next = x0p + sigma_next d: DDIM's mix (eta in DDNM's form) of the
+        direction from x0p and fresh noise, its range components scaled so that with the measurement
+        noise the damped step passed on (min(sigma_y / s, sigma_next) along s) each holds sigma_next in
+        all: the state stays at the scheduled level (without it the range carries up to
+        sqrt(2) sigma_next; docs/restoration.md)."""
+        op = self.operator
+        sn = bcast(sigma_next.float(), x).clamp_min(1e-12)
+        eps = (x - x0p) / bcast(sigma.float().clamp_min(1e-12), x)
+        d = (1 - self.eta ** 2) ** 0.5 * eps + self.eta * self.fresh(x)
+        share = lambda s: (1 - (torch.minimum(self.noise / s, sn) / sn) ** 2).clamp_min(0).sqrt()
+        return d - op.pinv(op.A(d)) + op.pinv_filtered(op.A(d), lambda s: share(s) / s)
+
     def predict(self, model, x, sigma, sigma_next, cond: Cond | None, step: int) -> Prediction:
         p = self.inner.predict(model, x, sigma, sigma_next, cond, step)
         if self.next_level == "scheduled":     # the correction's level serves this evaluation only
@@ -214,6 +232,9 @@ class Projected(Correction):
                                  "consistency": self.operator.consistency(x0p, y).detach().cpu()})
         if self.rule == "ddrm":
             return Prediction(x, self.ddrm_direction(p.x, x0, p.sigma, p.sigma_next), p.sigma, p.sigma_next,
+                              p.eps_norm, clamped_x0=x0p)
+        if self.carries_noise:
+            return Prediction(x, self.ddnm_plus_direction(x, x0p, p.sigma, p.sigma_next), p.sigma, p.sigma_next,
                               p.eps_norm, clamped_x0=x0p)
         eps = (x - x0p) / bcast(p.sigma.clamp_min(1e-12), x)
         return Prediction(x, eps, p.sigma, p.sigma_next, p.eps_norm)
@@ -453,13 +474,14 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
     base, y, n = _batched(as_denoiser(model), operator, y, n)
     g = restoration_grid(method, base, steps, grid, tail_steps, cycle_size, tail_sigma, sigma_max)
 
-    fresh = SeededNoise([FRESH_SEEDS + seed + i for i in range(n)]) if spec.rule == "ddrm" else None
+    fresh = SeededNoise([FRESH_SEEDS + seed + i for i in range(n)])
     proj = Projected(correction, operator, y, sigma_y=sigma_y, clip=clip, next_level=next_level, rule=spec.rule,
                      prox_weight=prox_weight, eta=eta, noise=fresh)
     m = measurement_size(operator, y)
     keep = MostConsistent(model_noise(sigma_y) * math.sqrt(m), SELECT_TOL * math.sqrt(m), spec.iterproj, n)
-    # the sampler's own fresh noise: DDNM's eta; DiffPIR's sqrt(zeta); none for DDRM (its step carries it)
-    sampler_eta = {"ddrm": 0.0, "diffpir": eta ** 0.5}.get(spec.rule, eta)
+    # the sampler's own fresh noise: DDNM's eta; DiffPIR's sqrt(zeta); none where the step carries it
+    # (DDRM, DDNM+ with a noisy measurement)
+    sampler_eta = 0.0 if proj.carries_noise else {"diffpir": eta ** 0.5}.get(spec.rule, eta)
     options = {"eta": sampler_eta, "eta_style": "ddnm"} if sampler == "ddim" else {}
     records, history = [], []
     for rec in sample_steps(base, sampler=sampler, steps=len(g.sigmas) - 1, n=n, seed=seed, labels=labels,
