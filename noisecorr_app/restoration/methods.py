@@ -187,6 +187,11 @@ class Projected(Correction):
             return x0 - op.pinv_filtered(resid, lambda s: w(s) / s)
         return x0 - op.pinv_filtered(resid, lambda s: (sn * s / self.noise).clamp(max=1.0) / s)
 
+    def ddim_mix(self, x, x0, sigma, xi):
+        """DDIM's direction for a step that carries its own noise: the share sqrt(1 - eta^2) of the
+        direction from x0 and eta of the fresh noise xi (eta in DDNM's form)."""
+        return (1 - self.eta ** 2) ** 0.5 * (x - x0) / bcast(sigma.float().clamp_min(1e-12), x) + self.eta * xi
+
     def ddrm_direction(self, x, x0, sigma, sigma_next):
         """DDRM's direction for x_next = x0' + sigma_next eps': the null space (and components lost to
         truncation) keeps DDIM's mix of the network's direction and fresh noise; the range carries fresh
@@ -194,8 +199,7 @@ class Projected(Correction):
         sqrt(1 - sigma_y^2 / (s sigma_next)^2) where it is not)."""
         op, xi = self.operator, self.fresh(x)
         sn = bcast(sigma_next.float(), x).clamp_min(1e-12)
-        eps_hat = (x - x0) / bcast(sigma.float().clamp_min(1e-12), x)
-        mixed = (1 - self.eta ** 2) ** 0.5 * eps_hat + self.eta * xi
+        mixed = self.ddim_mix(x, x0, sigma, xi)
         null = mixed - op.pinv(op.A(mixed))
         if self.noise == 0:
             return null + op.pinv(op.A(xi))
@@ -211,8 +215,7 @@ class Projected(Correction):
         sqrt(2) sigma_next; docs/restoration.md)."""
         op = self.operator
         sn = bcast(sigma_next.float(), x).clamp_min(1e-12)
-        eps = (x - x0p) / bcast(sigma.float().clamp_min(1e-12), x)
-        d = (1 - self.eta ** 2) ** 0.5 * eps + self.eta * self.fresh(x)
+        d = self.ddim_mix(x, x0p, sigma, self.fresh(x))
         share = lambda s: (1 - (torch.minimum(self.noise / s, sn) / sn) ** 2).clamp_min(0).sqrt()
         return d - op.pinv(op.A(d)) + op.pinv_filtered(op.A(d), lambda s: share(s) / s)
 
@@ -230,12 +233,10 @@ class Projected(Correction):
                                  "lambda": self.lam(p.sigma_next, p.sigma).detach().cpu(),
                                  "consistency_before": resid.flatten(1).norm(dim=1).detach().cpu(),
                                  "consistency": self.operator.consistency(x0p, y).detach().cpu()})
-        if self.rule == "ddrm":
-            return Prediction(x, self.ddrm_direction(p.x, x0, p.sigma, p.sigma_next), p.sigma, p.sigma_next,
-                              p.eps_norm, clamped_x0=x0p)
         if self.carries_noise:
-            return Prediction(x, self.ddnm_plus_direction(x, x0p, p.sigma, p.sigma_next), p.sigma, p.sigma_next,
-                              p.eps_norm, clamped_x0=x0p)
+            d = (self.ddrm_direction(p.x, x0, p.sigma, p.sigma_next) if self.rule == "ddrm"
+                 else self.ddnm_plus_direction(x, x0p, p.sigma, p.sigma_next))
+            return Prediction(x, d, p.sigma, p.sigma_next, p.eps_norm, clamped_x0=x0p)
         eps = (x - x0p) / bcast(p.sigma.clamp_min(1e-12), x)
         return Prediction(x, eps, p.sigma, p.sigma_next, p.eps_norm)
 
