@@ -304,26 +304,32 @@ def restoration_available(model) -> dict[str, bool]:
     return {name: m.inner is None or METHODS[m.inner].available(model) for name, m in RESTORATION_METHODS.items()}
 
 
-def restoration_settings(model, method: str, **overrides) -> dict:
-    """A restoration method's free settings for ``model``: its validated choice (noisecorr.json
-    ``restoration``: {method: {"eta": ..., "prox_weight": ..., "level_ratio": ...}}, chosen on train images), else the
-    method's paper values; ``overrides`` that are not None on top (a user's own). A value out of
-    range is an error naming the file."""
-    from .restoration.tasks import LEVEL_RATIO, PROX_WEIGHT, RESTORATION_METHODS, RESTORE_ETA
+def restoration_settings(model, method: str, steps: int | None = None, **overrides) -> dict:
+    """A restoration method's free settings (``RestorationMethod.knobs``) for ``model`` and a budget of
+    ``steps`` network evaluations: its validated choice (noisecorr.json ``restoration``: {method:
+    {"eta": ..., ...}}, chosen on train images; each a number, or an object keyed by step count as
+    ``for_steps`` reads it), else the method's declared values; ``overrides`` that are not None on top
+    (a user's own). A value out of range is an error naming the file."""
+    from .restoration.tasks import METHOD_KNOBS, RESTORATION_METHODS
 
-    spec = RESTORATION_METHODS[method]
-    out = {"eta": spec.eta, **{k: v for k, v in (("prox_weight", spec.prox_weight), ("level_ratio", spec.level_ratio))
-                               if v is not None}}
+    out = RESTORATION_METHODS[method].knobs()
     own, where = _model_file(model, "restoration")
     chosen = own.get(method) or {}
     if not isinstance(chosen, dict):
         raise ValueError(f"restoration.{method} in {where} must be an object")
-    for key, param in (("eta", RESTORE_ETA), ("prox_weight", PROX_WEIGHT), ("level_ratio", LEVEL_RATIO)):
+    for param in METHOD_KNOBS:
+        key = param.key
         if key in chosen and key in out:
+            table = chosen[key] if isinstance(chosen[key], dict) else {str(REFERENCE_STEPS): chosen[key]}
             try:
-                out[key] = param.check(chosen[key])
+                if not table or not all(str(k).isdigit() and int(k) >= 1 for k in table):
+                    raise ValueError(f"{key} must be a number or an object keyed by step counts "
+                                     f"(e.g. {{\"20\": 1.0, \"100\": 0.85}}), got {chosen[key]!r}")
+                for v in table.values():
+                    param.check(v)
             except ValueError as e:
                 raise ValueError(f"{where}, restoration.{method}: {e}") from None
+            out[key] = for_steps(chosen[key], steps)
     return {**out, **{k: v for k, v in overrides.items() if v is not None}}
 
 

@@ -146,6 +146,15 @@ def test_validated_restoration_settings_are_read_from_the_model_folder(tmp_path,
                         np.asarray(Image.open(out / "in_sr2_iterproj-nlc.png")), app["corrected"].images)
     for a, b in zip(outputs[0.2], outputs[1.0]):
         assert not (np.array_equal(a, b) if isinstance(a, np.ndarray) else torch.equal(a, b))
+    # a choice keyed by step count: the run takes the entry nearest its budget
+    keyed = tmp_path / "keyed"
+    shutil.copytree(tiny_model_dir, keyed)
+    (keyed / "noisecorr.json").write_text(json.dumps({"restoration": {"ddnm": {"eta": {"20": 0.4, "100": 0.9}}}}))
+    model = load_model(keyed, device="cpu")
+    assert [restoration_settings(model, "ddnm", s)["eta"] for s in (4, 20, 40, 50, 100, 1000, None)] == \
+        [0.4, 0.4, 0.4, 0.9, 0.9, 0.9, 0.4]
+    req, x, op = parse_restore(model, "super_resolution", str(img), 0.0, 50, 0, factor=2)
+    assert run_restore(model, req, x, op)["baseline"].settings["eta"] == 0.9
     # a value out of range is refused, naming the file
     bad = tmp_path / "bad"
     shutil.copytree(tiny_model_dir, bad)

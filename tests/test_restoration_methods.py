@@ -480,18 +480,19 @@ def test_ddrm_noise_follows_its_per_component_rule():
         assert float(hidden.std()) == pytest.approx(eta * sigma_next, rel=0.03)
 
 
-def test_ddnm_plus_step_keeps_the_scheduled_level():
+@pytest.mark.parametrize("damping", [1.0, 1.5])
+def test_ddnm_plus_step_keeps_the_scheduled_level(damping):
     """DDNM+ with a noisy measurement: on a measured component the noise the data step passes on plus
     the fresh noise it adds make exactly sigma_next (gamma), whether the component is damped
-    (s sigma_next < sigma_y: no fresh noise) or imposed; the hidden one gets sigma_next of fresh noise;
-    the step carries its noise, so the sampler adds none."""
+    (s sigma_next < sigma_y: weight u^p, the rest of the level fresh noise) or imposed; the hidden one
+    gets sigma_next of fresh noise; the step carries its noise, so the sampler adds none."""
     from noisecorr_app.sampling.noise import SeededNoise
 
     op = Inpainting(torch.tensor([[True, False]]).view(1, 1, 2))
     n, sy = 20000, 0.1                                                     # model units: sigma_y = 0.05
     y = (0.4 + sy * torch.randn(n, 1, 1, 1, generator=torch.Generator().manual_seed(3))) * op.mask
     proj = Projected(None, op, y, sigma_y=sy / 2, clip=False, rule="ddnm", eta=1.0,
-                     noise=SeededNoise(list(range(n))))
+                     noise=SeededNoise(list(range(n))), damping=damping)
     assert proj.carries_noise and not Projected(None, op, y, sigma_y=0.0, noise=SeededNoise([0])).carries_noise
     x = x0 = torch.zeros(n, 1, 1, 2)
     for sigma_next, damped in ((0.05, True), (0.5, False)):
@@ -499,7 +500,7 @@ def test_ddnm_plus_step_keeps_the_scheduled_level():
         x0p = proj.data_step(x0, op.A(x0) - y, sigma, sn)
         step = x0p + sigma_next * proj.ddnm_plus_direction(x, x0p, sigma, sn)
         measured = step[:, 0, 0, 0]
-        target = sigma_next / sy * 0.4 if damped else 0.4
+        target = (sigma_next / sy) ** damping * 0.4 if damped else 0.4
         assert float(measured.mean()) == pytest.approx(target, abs=5e-3)
         assert float(measured.std()) == pytest.approx(sigma_next, rel=0.03)
         assert float(step[:, 0, 0, 1].std()) == pytest.approx(sigma_next, rel=0.03)

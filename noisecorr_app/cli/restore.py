@@ -21,14 +21,13 @@ def task_args(p, tasks=None):
 
 
 def method_args(p):
-    """--eta, --prox-weight, --level-ratio, --grid, --tail-steps and --next-level, shared by `restore` and
-    `evaluate restoration`."""
-    from ..restoration.tasks import LEVEL_RATIO, PROX_WEIGHT, RESTORE_ETA
+    """Every method's free settings (--eta, --prox-weight, --level-ratio, --damping) and --grid,
+    --tail-steps and --next-level, shared by `restore` and `evaluate restoration`."""
+    from ..restoration.tasks import METHOD_KNOBS
 
-    validated = "the model's validated choice for each method (noisecorr.json), else its paper's"
-    param_arg(p, RESTORE_ETA, default_text=validated)
-    param_arg(p, PROX_WEIGHT, default_text=validated)
-    param_arg(p, LEVEL_RATIO, default_text=f"the model's validated choice (noisecorr.json), else {LEVEL_RATIO.default:g}")
+    for param in METHOD_KNOBS:
+        param_arg(p, param, default_text="the model's validated choice for each method and step count "
+                                         f"(noisecorr.json), else {param.default:g}")
     p.add_argument("--grid", default="model", choices=["model", "loglinear"],
                    help="iterproj: the main sigma grid, model (DDNM's: the model's timesteps, 'leading'; default; "
                         "measured: ahead at 20 steps, level at 100) or loglinear (the official IterProj's, 100 down "
@@ -42,19 +41,17 @@ def method_args(p):
 
 
 def method_options(a) -> dict:
-    """The method_args options, checked here so a bad value is one message before any model loads; eta
-    prox_weight and level_ratio None: each method's validated value for the model (``methods.restoration_settings``)."""
-    from ..restoration.tasks import LEVEL_RATIO, PROX_WEIGHT, RESTORE_ETA
+    """The method_args options, checked here so a bad value is one message before any model loads; a free
+    setting left None takes each method's validated value for the model (``methods.restoration_settings``)."""
+    from ..restoration.tasks import METHOD_KNOBS
 
     try:
-        eta = None if a.eta is None else RESTORE_ETA.check(a.eta)
-        prox = None if a.prox_weight is None else PROX_WEIGHT.check(a.prox_weight)
-        level = None if a.level_ratio is None else LEVEL_RATIO.check(a.level_ratio)
+        knobs = {p.key: None if getattr(a, p.key) is None else p.check(getattr(a, p.key)) for p in METHOD_KNOBS}
     except ValueError as e:
         raise UserError(str(e)) from None
     if a.tail_steps is not None and not 0 <= a.tail_steps < a.steps:
         raise UserError(f"--tail-steps must be from 0 to --steps - 1 ({a.steps - 1}), got {a.tail_steps}")
-    return {"eta": eta, "prox_weight": prox, "level_ratio": level, "tail_steps": a.tail_steps, "grid": a.grid, "next_level": a.next_level}
+    return {**knobs, "tail_steps": a.tail_steps, "grid": a.grid, "next_level": a.next_level}
 
 
 def task_values(a, task) -> dict:
@@ -136,7 +133,7 @@ def run(a):
     correction = inner_correction(a.method, model, a.steps, a.correction)
     from ..methods import restoration_settings
 
-    knobs = restoration_settings(model, a.method, **options)
+    knobs = restoration_settings(model, a.method, a.steps, **options)
     with tqdm(total=a.steps, desc=f"{a.method} {a.task}", unit="step") as bar:
         res = restore(model, op, y, method=a.method, steps=a.steps, seed=a.seed, sigma_y=a.sigma_y,
                       correction=correction, progress=lambda r: bar.update(1), **knobs)

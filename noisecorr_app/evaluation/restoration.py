@@ -114,7 +114,7 @@ def evaluate_restoration(model, x: torch.Tensor, table: ResultsFile, *, tasks: l
         for task, sigma_y, method in todo:
             outer.set_postfix_str(f"{task} sigma_y {sigma_y} {method}")
             corr = restoration_correction(method, model, steps)
-            knobs = restoration_settings(model, method, **options)
+            knobs = restoration_settings(model, method, steps, **options)
             with tqdm(total=len(x) * steps, desc=f"  {task} {sigma_y} {method}", unit="img-step",
                       leave=False, disable=not parallel.is_main()) as bar:
                 r = run_cell(model, ops[task], x, method, sigma_y=sigma_y, steps=steps, seed=seed,

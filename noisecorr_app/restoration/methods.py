@@ -33,7 +33,7 @@ from ..sampling.samplers import SAMPLERS, StepRecord
 from ..sampling.schedules import LogLinear, ModelSpacing
 from ..sampling.trace import light, step_summary
 from .operators import Inpainting, Operator
-from .tasks import LEVEL_RATIO, PROX_WEIGHT, RESTORATION_METHODS, RESTORE_ETA, SIGMA_Y
+from .tasks import DAMPING, LEVEL_RATIO, PROX_WEIGHT, RESTORATION_METHODS, RESTORE_ETA, SIGMA_Y
 
 __all__ = ["METHODS", "SIGMA_Y_MAX", "GRIDS", "NEXT_LEVELS", "Projected", "RestoreResult", "restore", "degrade",
            "cyclic_tail", "with_tail", "iterproj_sigmas", "model_grid", "default_tail_steps", "model_noise",
@@ -112,9 +112,10 @@ class Projected(Correction):
     operator, y: the measurement; y (B or 1, ...) is moved to x's device and dtype as needed.
     sigma_y: measurement noise std in [0, 1] pixel units.
     rule: the data step, one spectral filter of the residual each (``Operator.pinv_filtered``):
-      "ddnm": DDNM's projection; with noise DDNM+'s damping min(1, sigma_next s / sigma_y) and, given
-      ``noise``, DDNM+'s re-noising: each range component gets only the fresh noise that tops the
-      measurement noise it carries up to sigma_next (the prediction then carries the step);
+      "ddnm": DDNM's projection; with noise DDNM+'s damping min(1, sigma_next s / sigma_y) (raised to
+      ``damping``, 1: DDNM+'s own) and, given ``noise``, DDNM+'s re-noising: each range component gets
+      only the fresh noise that tops the measurement noise it carries up to sigma_next (the prediction
+      then carries the step);
       "diffpir": DiffPIR's proximal step, argmin ||A x - y||^2 + rho ||x - x0||^2 with
       rho = prox_weight sigma_y^2 / sigma^2 (the projection without noise);
       "ddrm": DDRM's per-singular-value update with its own fresh noise (``eta``; eta_b = 1): the
@@ -126,7 +127,7 @@ class Projected(Correction):
 
     def __init__(self, inner: Correction | None, operator: Operator, y: torch.Tensor, sigma_y: float = 0.0,
                  clip: bool = True, next_level: str = DEFAULT_NEXT_LEVEL, rule: str = "ddnm",
-                 prox_weight: float = 1.0, eta: float = DEFAULT_ETA, noise=None):
+                 prox_weight: float = 1.0, eta: float = DEFAULT_ETA, noise=None, damping: float = 1.0):
         self.inner = inner if inner is not None else Correction()
         if not isinstance(self.inner, Correction):
             raise ValueError(f"the inner correction must be a Correction, got {type(inner).__name__}")
@@ -137,6 +138,7 @@ class Projected(Correction):
         if rule == "ddrm" and noise is None:
             raise ValueError("DDRM's step draws its own fresh noise: pass noise= (per-image seeded)")
         self.next_level, self.rule, self.prox_weight, self.eta, self.fresh = next_level, rule, prox_weight, eta, noise
+        self.damping = DAMPING.check(damping)
         self.operator, self.y, self.clip = operator, y, bool(clip)
         self.sigma_y = check_sigma_y(sigma_y)
         self.noise = model_noise(self.sigma_y)
@@ -172,7 +174,14 @@ class Projected(Correction):
         s = self.s_top
         if self.rule == "diffpir":         # at the step's own level sigma
             return s * s / (s * s + self.prox_weight * self.noise ** 2 / sigma.float().clamp_min(1e-12) ** 2)
-        return (sigma_next.float() * s / self.noise).clamp(max=1.0)
+        return self.ddnm_weight(s, sigma_next.float())
+
+    def ddnm_weight(self, s, sigma_next):
+        """DDNM+'s weight on the measurement along singular value s, min(1, sigma_next s / sigma_y)^p:
+        p = 1 is DDNM+'s own; p > 1 takes less of the measurement, and so less of its noise, where it
+        knows less than the state (u < 1): that noise is the same at every step, and a long run feeds it
+        back many times (measured: docs/restoration.md)."""
+        return (sigma_next * s / self.noise).clamp(max=1.0) ** self.damping
 
     def data_step(self, x0, resid, sigma, sigma_next):
         """x0 moved towards the measurement (see ``rule``); per image levels of shape (B,)."""
@@ -185,7 +194,7 @@ class Projected(Correction):
         if self.rule == "ddrm":   # components the measurement knows better than the level: imposed
             w = lambda s: torch.where(s * sn < self.noise, (1 - self.eta ** 2) ** 0.5 * sn * s / self.noise, 1.0)
             return x0 - op.pinv_filtered(resid, lambda s: w(s) / s)
-        return x0 - op.pinv_filtered(resid, lambda s: (sn * s / self.noise).clamp(max=1.0) / s)
+        return x0 - op.pinv_filtered(resid, lambda s: self.ddnm_weight(s, sn) / s)
 
     def ddim_mix(self, x, x0, sigma, xi):
         """DDIM's direction for a step that carries its own noise: the share sqrt(1 - eta^2) of the
@@ -210,13 +219,13 @@ class Projected(Correction):
     def ddnm_plus_direction(self, x, x0p, sigma, sigma_next):
         """DDNM+'s direction for x_next = x0p + sigma_next d: DDIM's mix (eta in DDNM's form) of the
         direction from x0p and fresh noise, its range components scaled so that with the measurement
-        noise the damped step passed on (min(sigma_y / s, sigma_next) along s) each holds sigma_next in
+        noise the damped step passed on (its weight times sigma_y / s along s) each holds sigma_next in
         all: the state stays at the scheduled level (without it the range carries up to
         sqrt(2) sigma_next; docs/restoration.md)."""
         op = self.operator
         sn = bcast(sigma_next.float(), x).clamp_min(1e-12)
         d = self.ddim_mix(x, x0p, sigma, self.fresh(x))
-        share = lambda s: (1 - (torch.minimum(self.noise / s, sn) / sn) ** 2).clamp_min(0).sqrt()
+        share = lambda s: (1 - (self.ddnm_weight(s, sn) * self.noise / (s * sn)) ** 2).clamp_min(0).sqrt()
         return d - op.pinv(op.A(d)) + op.pinv_filtered(op.A(d), lambda s: share(s) / s)
 
     def predict(self, model, x, sigma, sigma_next, cond: Cond | None, step: int) -> Prediction:
@@ -439,7 +448,8 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
             n: int | None = None, sampler: str = "ddim", clip: bool = True, cycle_size: int | None = None,
             tail_sigma: tuple[float, float] = TAIL_SIGMA, sigma_max: float | None = None,
             grid: str = DEFAULT_GRID, next_level: str = DEFAULT_NEXT_LEVEL,
-            prox_weight: float | None = None, level_ratio: float | None = None) -> RestoreResult:
+            prox_weight: float | None = None, level_ratio: float | None = None,
+            damping: float | None = None) -> RestoreResult:
     """Restore images from the measurement ``y`` (of ``operator``) with one of ``METHODS``.
 
     model: a denoiser (``eps(x, sigma, cond)``) or a callable eps(x, sigma).
@@ -453,6 +463,7 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
     of ``cycle_size`` (default min(10, tail_steps)) between ``tail_sigma`` = (0.003, 0.02).
     grid: iterproj's main grid, "model" (DDNM's, the default) or "loglinear" (the official one, from
     ``sigma_max``, default min(100, the model's sigma_max), to the model's sigma_min).
+    damping: iterproj-nlc's exponent p on DDNM+'s damping with a noisy measurement (default its declared 1).
     level_ratio: iterproj-nlc's level reading, r in sigma (1 + r) at sigma <= LEVEL_BELOW (default its
     declared value); a LevelCorrection passed as ``correction`` reads the level instead (e.g. NLC's r_theta).
     next_level: with a level correction inside, re-noise to the "scheduled" sigma_next (default) or
@@ -470,6 +481,7 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
         if spec.rule == "diffpir" else None
     level_ratio = LEVEL_RATIO.check(spec.level_ratio if level_ratio is None else level_ratio) \
         if spec.level_ratio is not None else None
+    damping = DAMPING.check(spec.damping if damping is None else damping) if spec.damping is not None else 1.0
     if level_ratio is not None and not isinstance(correction, LevelCorrection):
         correction = FixedLevel(level_ratio, max_sigma=LEVEL_BELOW)
     base, y, n = _batched(as_denoiser(model), operator, y, n)
@@ -477,7 +489,7 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
 
     fresh = SeededNoise([FRESH_SEEDS + seed + i for i in range(n)])
     proj = Projected(correction, operator, y, sigma_y=sigma_y, clip=clip, next_level=next_level, rule=spec.rule,
-                     prox_weight=prox_weight, eta=eta, noise=fresh)
+                     prox_weight=prox_weight, eta=eta, noise=fresh, damping=damping)
     m = measurement_size(operator, y)
     keep = MostConsistent(model_noise(sigma_y) * math.sqrt(m), SELECT_TOL * math.sqrt(m), spec.iterproj, n)
     # the sampler's own fresh noise: DDNM's eta; DiffPIR's sqrt(zeta); none where the step carries it
@@ -514,6 +526,8 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
         settings.update(grid=grid, next_level=next_level, cycle_size=g.cycle, tail_sigma=list(tail_sigma))
     if prox_weight is not None:
         settings["prox_weight"] = prox_weight
+    if spec.damping is not None:
+        settings["damping"] = damping
     if isinstance(proj.inner, FixedLevel):
         settings["level_ratio"] = proj.inner.r
     return RestoreResult(images, records, history, consistency, sum(r.nfe for r in records),

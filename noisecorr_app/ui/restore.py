@@ -144,7 +144,7 @@ def run_restore(model, req: RestoreRequest, x, op, on_event=None, stop=None) -> 
                 rec.extras["sigma_est"] = estimator.estimate(rec.x).detach().cpu()
             if on_event:
                 on_event((run, rec))
-        knobs = restoration_settings(model, m)      # the method's validated settings for this model
+        knobs = restoration_settings(model, m, req.steps)   # the method's validated settings for this model and budget
         jobs[run] = lambda m=m, corr=corr, cb=cb, knobs=knobs: restore(
             net, op, y, method=m, steps=req.steps, seed=req.seed, sigma_y=req.sigma_y, correction=corr,
             progress=cb, **knobs)
