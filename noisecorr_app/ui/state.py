@@ -234,7 +234,8 @@ def restoration_plan(model) -> tuple[str, str]:
     """(corrected method, a sentence for the UI): IterProj-NLC, which every model can run."""
     return "iterproj-nlc", (f"Baseline: **{RESTORATION_METHODS['ddnm'].title}** · corrected: "
                             f"**{RESTORATION_METHODS['iterproj-nlc'].title}**: in the last steps the network is told "
-                            "the noise that fitting the measurement leaves in the image, so it removes it.")
+                            "the noise that fitting the measurement leaves in the image, so it removes it; with a noisy "
+                            "measurement and many steps it also takes less of that noise into each step.")
 
 
 def describe(model, error: str | None = None) -> str:
