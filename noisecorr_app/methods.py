@@ -181,6 +181,17 @@ def for_steps(value, steps: int | None):
     return min(value.items(), key=lambda kv: (abs(math.log(int(kv[0])) - target), -int(kv[0])))[1]
 
 
+def check_step_keyed(value, param) -> None:
+    """Raise ValueError unless ``value`` is a valid recommendation for ``param``: a number in its range, or
+    an object keyed by step counts (``for_steps``) whose values all are."""
+    table = value if isinstance(value, dict) else {str(REFERENCE_STEPS): value}
+    if not table or not all(str(k).isdigit() and int(k) >= 1 for k in table):
+        raise ValueError(f"{param.label} must be a number or an object keyed by step counts "
+                         f"(e.g. {{\"10\": 1.5, \"20\": 0.5}}), got {value!r}")
+    for v in table.values():
+        param.check(v)
+
+
 def _model_file(model, key: str):
     model = as_denoiser(model)
     info = model.info
@@ -198,13 +209,8 @@ def recommendations(model) -> dict:
     own, where = _model_file(model, "method_defaults")
     own = {k: v for k, v in own.items() if k in PARAMS and PARAMS[k].tunable}
     for key, value in own.items():
-        table = value if isinstance(value, dict) else {str(REFERENCE_STEPS): value}
-        if not table or not all(str(k).isdigit() and int(k) >= 1 for k in table):
-            raise ValueError(f"{where}, method_defaults: {key} must be a number or an object keyed by step "
-                             f"counts (e.g. {{\"10\": 1.5, \"20\": 0.5}}), got {value!r}")
         try:
-            for v in table.values():
-                PARAMS[key].check(v)
+            check_step_keyed(value, PARAMS[key])
         except ValueError as e:
             raise ValueError(f"{where}, method_defaults: {key}: {e}") from None
     return {**declared(), **own}
@@ -320,13 +326,8 @@ def restoration_settings(model, method: str, steps: int | None = None, **overrid
     for param in METHOD_KNOBS:
         key = param.key
         if key in chosen and key in out:
-            table = chosen[key] if isinstance(chosen[key], dict) else {str(REFERENCE_STEPS): chosen[key]}
             try:
-                if not table or not all(str(k).isdigit() and int(k) >= 1 for k in table):
-                    raise ValueError(f"{key} must be a number or an object keyed by step counts "
-                                     f"(e.g. {{\"20\": 1.0, \"100\": 0.85}}), got {chosen[key]!r}")
-                for v in table.values():
-                    param.check(v)
+                check_step_keyed(chosen[key], param)
             except ValueError as e:
                 raise ValueError(f"{where}, restoration.{method}: {e}") from None
             out[key] = for_steps(chosen[key], steps)

@@ -33,7 +33,7 @@ from ..sampling.samplers import SAMPLERS, StepRecord
 from ..sampling.schedules import LogLinear, ModelSpacing
 from ..sampling.trace import light, step_summary
 from .operators import Inpainting, Operator
-from .tasks import DAMPING, LEVEL_RATIO, PROX_WEIGHT, RESTORATION_METHODS, RESTORE_ETA, SIGMA_Y
+from .tasks import DAMPING, METHOD_KNOBS, RESTORATION_METHODS, RESTORE_ETA, SIGMA_Y
 
 __all__ = ["METHODS", "SIGMA_Y_MAX", "GRIDS", "NEXT_LEVELS", "Projected", "RestoreResult", "restore", "degrade",
            "cyclic_tail", "with_tail", "iterproj_sigmas", "model_grid", "default_tail_steps", "model_noise",
@@ -476,12 +476,13 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
     spec = RESTORATION_METHODS[method]
     sigma_y = check_sigma_y(sigma_y)
     steps = _check_int("steps", steps, 1, MAX_STEPS)
-    eta = RESTORE_ETA.check(spec.eta if eta is None else eta)
-    prox_weight = PROX_WEIGHT.check(spec.prox_weight if prox_weight is None else prox_weight) \
-        if spec.rule == "diffpir" else None
-    level_ratio = LEVEL_RATIO.check(spec.level_ratio if level_ratio is None else level_ratio) \
-        if spec.level_ratio is not None else None
-    damping = DAMPING.check(spec.damping if damping is None else damping) if spec.damping is not None else 1.0
+    # the method's own knobs: the value given, else its declared one; a knob it does not declare is ignored
+    given = {"eta": eta, "prox_weight": prox_weight, "level_ratio": level_ratio, "damping": damping}
+    declared = spec.knobs()
+    knobs = {p.key: p.check(declared[p.key] if given[p.key] is None else given[p.key])
+             for p in METHOD_KNOBS if p.key in declared}
+    eta, prox_weight, level_ratio = knobs["eta"], knobs.get("prox_weight"), knobs.get("level_ratio")
+    damping = knobs.get("damping", DAMPING.default)
     if level_ratio is not None and not isinstance(correction, LevelCorrection):
         correction = FixedLevel(level_ratio, max_sigma=LEVEL_BELOW)
     base, y, n = _batched(as_denoiser(model), operator, y, n)
@@ -526,7 +527,7 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
         settings.update(grid=grid, next_level=next_level, cycle_size=g.cycle, tail_sigma=list(tail_sigma))
     if prox_weight is not None:
         settings["prox_weight"] = prox_weight
-    if spec.damping is not None:
+    if "damping" in knobs:
         settings["damping"] = damping
     if isinstance(proj.inner, FixedLevel):
         settings["level_ratio"] = proj.inner.r
