@@ -234,8 +234,9 @@ def restoration_plan(model) -> tuple[str, str]:
     """(corrected method, a sentence for the UI): IterProj-NLC, which every model can run."""
     return "iterproj-nlc", (f"Baseline: **{RESTORATION_METHODS['ddnm'].title}** · corrected: "
                             f"**{RESTORATION_METHODS['iterproj-nlc'].title}**: in the last steps the network is told "
-                            "the noise that fitting the measurement leaves in the image, so it removes it; with a noisy "
-                            "measurement and many steps it also takes less of that noise into each step.")
+                            "the noise that fitting the measurement leaves in the image, so it removes it; when the "
+                            "measurement is noisy and the run is long, it also lets less of the measurement's own noise "
+                            "into each step.")
 
 
 def describe(model, error: str | None = None) -> str:
