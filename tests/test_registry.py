@@ -124,12 +124,13 @@ def test_validated_restoration_settings_are_read_from_the_model_folder(tmp_path,
     img = tmp_path / "in.png"
     Image.fromarray((np.random.default_rng(0).random((8, 8, 3)) * 255).astype(np.uint8)).save(img)
     outputs = {}
-    for eta, level in ((0.2, 0.0), (1.0, 0.6)):
+    for eta, level, below in ((0.2, 0.0, 2.0), (1.0, 0.6, 0.5)):
         folder = tmp_path / f"m{eta}"
         shutil.copytree(tiny_model_dir, folder)
         (folder / "noisecorr.json").write_text(json.dumps({"restoration": {"ddnm": {"eta": eta},
                                                                          "diffpir": {"prox_weight": 3.0},
-                                                                         "iterproj-nlc": {"level_ratio": level}}}))
+                                                                         "iterproj-nlc": {"level_ratio": level,
+                                                                                          "level_below": below}}}))
         model = load_model(folder, device="cpu")
         assert restoration_settings(model, "ddnm") == {"eta": eta}
         assert restoration_settings(model, "diffpir") == {"eta": RESTORATION_METHODS["diffpir"].eta, "prox_weight": 3.0}
@@ -140,6 +141,7 @@ def test_validated_restoration_settings_are_read_from_the_model_folder(tmp_path,
         app = run_restore(model, req, x, op)
         assert app["baseline"].settings["eta"] == eta                       # the app's DDNM run
         assert app["corrected"].settings["level_ratio"] == level            # and its IterProj-NLC run
+        assert app["corrected"].settings["level_below"] == below
         assert main(["restore", "--model", str(folder), "--task", "sr2", "--input", str(img), "--method", "iterproj-nlc",
                      "--steps", "4", "--out", str(out), "--device", "cpu", "--overwrite"]) == 0
         outputs[eta] = (np.asarray(Image.open(out / "in_sr2_ddnm.png")), app["baseline"].images,

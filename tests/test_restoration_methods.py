@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from noisecorr_app.models.denoiser import sigmas_from_alphas_cumprod
-from noisecorr_app.restoration.methods import (LEVEL_BELOW, METHODS, OFFICIAL_TAIL_FRACTION, SIGMA_Y_MAX, Projected, cyclic_tail, default_tail_steps,
+from noisecorr_app.restoration.methods import (METHODS, OFFICIAL_TAIL_FRACTION, SIGMA_Y_MAX, Projected, cyclic_tail, default_tail_steps,
                                                degrade, iterproj_sigmas, measurement_size,
                                                restore)
 from noisecorr_app.restoration.operators import Inpainting, make_mask, make_operator
+from noisecorr_app.restoration.tasks import LEVEL_BELOW
 from noisecorr_app.sampling.corrections import Correction, EpsScaling, OracleLevel
 from noisecorr_app.sampling.run import sample, sample_steps
 from noisecorr_app.sampling.samplers import SAMPLERS
@@ -343,9 +344,10 @@ def test_equal_nfe_and_inner_corrections(prior, truth):
     assert own.nfe_per_image == 10 and float(own.consistency.max()) < 1e-3
 
 
-def test_iterproj_nlc_tells_the_network_a_raised_level_in_the_last_steps(prior, truth):
-    """sigma (1 + r) at sigma <= LEVEL_BELOW, the scheduled sigma above; the step still goes to the
-    scheduled next level; r = 0 is IterProj itself."""
+@pytest.mark.parametrize("level_below", [None, 0.5])
+def test_iterproj_nlc_tells_the_network_a_raised_level_in_the_last_steps(prior, truth, level_below):
+    """sigma (1 + r) at sigma <= level_below (declared: LEVEL_BELOW's default), the scheduled sigma above;
+    the step still goes to the scheduled next level; r = 0 is IterProj itself."""
     op = make_operator("sr4", 32)
     y = degrade(op, truth)
     told = []
@@ -355,10 +357,12 @@ def test_iterproj_nlc_tells_the_network_a_raised_level_in_the_last_steps(prior, 
             told.append(sigma.clone())
             return super().eps(x, sigma, cond)
 
-    res = restore(Spy(), op, y, method="iterproj-nlc", steps=12, level_ratio=0.4)
+    res = restore(Spy(), op, y, method="iterproj-nlc", steps=12, level_ratio=0.4, level_below=level_below)
+    below = LEVEL_BELOW.default if level_below is None else level_below
+    assert res.settings["level_below"] == below
     scheduled = torch.tensor([h["sigma"] for h in res.history])
     used = torch.stack([t[0] for t in told]).double()
-    low = scheduled <= LEVEL_BELOW
+    low = scheduled <= below
     assert 0 < int(low.sum()) < len(scheduled)
     assert torch.allclose(used[low], 1.4 * scheduled[low].double(), rtol=1e-4)
     assert torch.allclose(used[~low], scheduled[~low].double(), rtol=1e-4)
@@ -480,11 +484,12 @@ def test_ddrm_noise_follows_its_per_component_rule():
         assert float(hidden.std()) == pytest.approx(eta * sigma_next, rel=0.03)
 
 
-@pytest.mark.parametrize("damping", [1.0, 1.5])
-def test_ddnm_plus_step_keeps_the_scheduled_level(damping):
+@pytest.mark.parametrize("damping, damped_from, power", [(1.0, 1.0, 1.0), (1.5, 0.05, 1.5), (1.5, 1.0, 1.0)])
+def test_ddnm_plus_step_keeps_the_scheduled_level(damping, damped_from, power):
     """DDNM+ with a noisy measurement: on a measured component the noise the data step passes on plus
     the fresh noise it adds make exactly sigma_next (gamma), whether the component is damped
-    (s sigma_next < sigma_y: weight u^p, the rest of the level fresh noise) or imposed; the hidden one
+    (s sigma_next < sigma_y: weight u^p where its crossover sigma_y / s lies above damped_from, u below,
+    the rest of the level fresh noise) or imposed; the hidden one
     gets sigma_next of fresh noise; the step carries its noise, so the sampler adds none."""
     from noisecorr_app.sampling.noise import SeededNoise
 
@@ -492,7 +497,7 @@ def test_ddnm_plus_step_keeps_the_scheduled_level(damping):
     n, sy = 20000, 0.1                                                     # model units: sigma_y = 0.05
     y = (0.4 + sy * torch.randn(n, 1, 1, 1, generator=torch.Generator().manual_seed(3))) * op.mask
     proj = Projected(None, op, y, sigma_y=sy / 2, clip=False, rule="ddnm", eta=1.0,
-                     noise=SeededNoise(list(range(n))), damping=damping)
+                     noise=SeededNoise(list(range(n))), damping=damping, damped_from=damped_from)
     assert proj.carries_noise and not Projected(None, op, y, sigma_y=0.0, noise=SeededNoise([0])).carries_noise
     x = x0 = torch.zeros(n, 1, 1, 2)
     for sigma_next, damped in ((0.05, True), (0.5, False)):
@@ -500,7 +505,7 @@ def test_ddnm_plus_step_keeps_the_scheduled_level(damping):
         x0p = proj.data_step(x0, op.A(x0) - y, sigma, sn)
         step = x0p + sigma_next * proj.ddnm_plus_direction(x, x0p, sigma, sn)
         measured = step[:, 0, 0, 0]
-        target = (sigma_next / sy) ** damping * 0.4 if damped else 0.4
+        target = (sigma_next / sy) ** power * 0.4 if damped else 0.4
         assert float(measured.mean()) == pytest.approx(target, abs=5e-3)
         assert float(measured.std()) == pytest.approx(sigma_next, rel=0.03)
         assert float(step[:, 0, 0, 1].std()) == pytest.approx(sigma_next, rel=0.03)

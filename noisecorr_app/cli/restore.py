@@ -21,7 +21,7 @@ def task_args(p, tasks=None):
 
 
 def method_args(p):
-    """Every method's free settings (--eta, --prox-weight, --level-ratio, --damping) and --grid,
+    """Every method's free settings (--eta, --prox-weight, --level-ratio, --level-below, --damping) and --grid,
     --tail-steps and --next-level, shared by `restore` and `evaluate restoration`."""
     from ..restoration.tasks import METHOD_KNOBS
 

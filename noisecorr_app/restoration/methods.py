@@ -56,8 +56,10 @@ RULES = ("ddnm", "diffpir", "ddrm")           # Projected's data steps
 FRESH_SEEDS = 2 ** 40         # a step's own noise (DDRM, DDNM+): image i draws from FRESH_SEEDS + seed + i, apart
                               # from the sampler's
 SELECT_TOL = 1e-3            # RMS residual per measurement below which steps count as equally consistent
-LEVEL_BELOW = 2.0            # IterProj-NLC's level reading acts at sigma <= 2, where the projected estimate's
-                             # error shows in the states' level (measured: docs/restoration.md)
+DAMPED_FROM = 1.0            # IterProj-NLC's damping p acts on the components whose noise crossover sigma_y / s
+                             # lies above this level: damped from early in the run, they would feed the same
+                             # measurement noise back at many steps; later ones are weighed as DDNM+ does
+                             # (measured: docs/restoration.md)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,7 +115,7 @@ class Projected(Correction):
     sigma_y: measurement noise std in [0, 1] pixel units.
     rule: the data step, one spectral filter of the residual each (``Operator.pinv_filtered``):
       "ddnm": DDNM's projection; with noise DDNM+'s damping min(1, sigma_next s / sigma_y) (raised to
-      ``damping``, 1: DDNM+'s own) and, given ``noise``, DDNM+'s re-noising: each range component gets
+      ``damping`` where sigma_y / s > ``damped_from``, 1: DDNM+'s own) and, given ``noise``, DDNM+'s re-noising: each range component gets
       only the fresh noise that tops the measurement noise it carries up to sigma_next (the prediction
       then carries the step);
       "diffpir": DiffPIR's proximal step, argmin ||A x - y||^2 + rho ||x - x0||^2 with
@@ -127,7 +129,8 @@ class Projected(Correction):
 
     def __init__(self, inner: Correction | None, operator: Operator, y: torch.Tensor, sigma_y: float = 0.0,
                  clip: bool = True, next_level: str = DEFAULT_NEXT_LEVEL, rule: str = "ddnm",
-                 prox_weight: float = 1.0, eta: float = DEFAULT_ETA, noise=None, damping: float = 1.0):
+                 prox_weight: float = 1.0, eta: float = DEFAULT_ETA, noise=None, damping: float = 1.0,
+                 damped_from: float = DAMPED_FROM):
         self.inner = inner if inner is not None else Correction()
         if not isinstance(self.inner, Correction):
             raise ValueError(f"the inner correction must be a Correction, got {type(inner).__name__}")
@@ -138,7 +141,7 @@ class Projected(Correction):
         if rule == "ddrm" and noise is None:
             raise ValueError("DDRM's step draws its own fresh noise: pass noise= (per-image seeded)")
         self.next_level, self.rule, self.prox_weight, self.eta, self.fresh = next_level, rule, prox_weight, eta, noise
-        self.damping = DAMPING.check(damping)
+        self.damping, self.damped_from = DAMPING.check(damping), float(damped_from)
         self.operator, self.y, self.clip = operator, y, bool(clip)
         self.sigma_y = check_sigma_y(sigma_y)
         self.noise = model_noise(self.sigma_y)
@@ -177,11 +180,16 @@ class Projected(Correction):
         return self.ddnm_weight(s, sigma_next.float())
 
     def ddnm_weight(self, s, sigma_next):
-        """DDNM+'s weight on the measurement along singular value s, min(1, sigma_next s / sigma_y)^p:
-        p = 1 is DDNM+'s own; p > 1 takes less of the measurement, and so less of its noise, where it
-        knows less than the state (u < 1): that noise is the same at every step, and a long run feeds it
-        back many times (measured: docs/restoration.md)."""
-        return (sigma_next * s / self.noise).clamp(max=1.0) ** self.damping
+        """DDNM+'s weight on the measurement along singular value s, u = min(1, sigma_next s / sigma_y),
+        raised to p where the crossover sigma_y / s lies above ``damped_from``: p = 1 is DDNM+'s own; p > 1
+        takes less of the measurement, and so less of its noise, where it knows less than the state
+        (u < 1): that noise is the same at every step, and a component damped from early in a long run
+        has it fed back many times (measured: docs/restoration.md)."""
+        u = (sigma_next * s / self.noise).clamp(max=1.0)
+        if self.damping == 1:
+            return u
+        early = torch.as_tensor(s, dtype=u.dtype, device=u.device) * self.damped_from < self.noise
+        return torch.where(early, u ** self.damping, u)
 
     def data_step(self, x0, resid, sigma, sigma_next):
         """x0 moved towards the measurement (see ``rule``); per image levels of shape (B,)."""
@@ -449,7 +457,7 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
             tail_sigma: tuple[float, float] = TAIL_SIGMA, sigma_max: float | None = None,
             grid: str = DEFAULT_GRID, next_level: str = DEFAULT_NEXT_LEVEL,
             prox_weight: float | None = None, level_ratio: float | None = None,
-            damping: float | None = None) -> RestoreResult:
+            level_below: float | None = None, damping: float | None = None) -> RestoreResult:
     """Restore images from the measurement ``y`` (of ``operator``) with one of ``METHODS``.
 
     model: a denoiser (``eps(x, sigma, cond)``) or a callable eps(x, sigma).
@@ -463,9 +471,11 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
     of ``cycle_size`` (default min(10, tail_steps)) between ``tail_sigma`` = (0.003, 0.02).
     grid: iterproj's main grid, "model" (DDNM's, the default) or "loglinear" (the official one, from
     ``sigma_max``, default min(100, the model's sigma_max), to the model's sigma_min).
-    damping: iterproj-nlc's exponent p on DDNM+'s damping with a noisy measurement (default its declared 1).
-    level_ratio: iterproj-nlc's level reading, r in sigma (1 + r) at sigma <= LEVEL_BELOW (default its
-    declared value); a LevelCorrection passed as ``correction`` reads the level instead (e.g. NLC's r_theta).
+    damping: iterproj-nlc's exponent p on DDNM+'s damping with a noisy measurement, on the components
+    damped from early on (crossover above DAMPED_FROM; default its declared 1).
+    level_ratio, level_below: iterproj-nlc's level reading, r in sigma (1 + r) at sigma <= level_below
+    (default its declared values); a LevelCorrection passed as ``correction`` reads the level instead
+    (e.g. NLC's r_theta).
     next_level: with a level correction inside, re-noise to the "scheduled" sigma_next (default) or
     to the "corrected" sigma_next (1 + r) of the official code.
     sampler: "ddim" by definition of the methods; the others work too (eta is DDIM's only).
@@ -477,14 +487,15 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
     sigma_y = check_sigma_y(sigma_y)
     steps = _check_int("steps", steps, 1, MAX_STEPS)
     # the method's own knobs: the value given, else its declared one; a knob it does not declare is ignored
-    given = {"eta": eta, "prox_weight": prox_weight, "level_ratio": level_ratio, "damping": damping}
+    given = {"eta": eta, "prox_weight": prox_weight, "level_ratio": level_ratio, "level_below": level_below,
+             "damping": damping}
     declared = spec.knobs()
     knobs = {p.key: p.check(declared[p.key] if given[p.key] is None else given[p.key])
              for p in METHOD_KNOBS if p.key in declared}
     eta, prox_weight, level_ratio = knobs["eta"], knobs.get("prox_weight"), knobs.get("level_ratio")
     damping = knobs.get("damping", DAMPING.default)
     if level_ratio is not None and not isinstance(correction, LevelCorrection):
-        correction = FixedLevel(level_ratio, max_sigma=LEVEL_BELOW)
+        correction = FixedLevel(level_ratio, max_sigma=knobs["level_below"])
     base, y, n = _batched(as_denoiser(model), operator, y, n)
     g = restoration_grid(method, base, steps, grid, tail_steps, cycle_size, tail_sigma, sigma_max)
 
@@ -530,6 +541,6 @@ def restore(model, operator: Operator, y: torch.Tensor, method: str = "iterproj"
     if "damping" in knobs:
         settings["damping"] = damping
     if isinstance(proj.inner, FixedLevel):
-        settings["level_ratio"] = proj.inner.r
+        settings.update(level_ratio=proj.inner.r, level_below=proj.inner.max_sigma)
     return RestoreResult(images, records, history, consistency, sum(r.nfe for r in records),
                          time.perf_counter() - t0, settings, keep.kept)

@@ -21,12 +21,16 @@ RESTORE_ETA = Param("eta", "Fresh noise eta", 0, 1, 0.85, "the method's fresh-no
 PROX_WEIGHT = Param("prox_weight", "DiffPIR lambda", 0.01, 1000, 7.0, "DiffPIR's data-term weight (rho = lambda "
                     "sigma_y^2 / sigma^2)", tunable=False)
 LEVEL_RATIO = Param("level_ratio", "IterProj-NLC level r", 0, 1, 0.3, "IterProj-NLC: in the last steps (sigma "
-                    "below 2) the network is told the level sigma (1 + r), the noise the projected estimate leaves on "
-                    "top of the schedule's", step=0.05, tunable=False)
+                    "below level_below) the network is told the level sigma (1 + r), the noise the projected estimate "
+                    "leaves on top of the schedule's", step=0.05, tunable=False)
+LEVEL_BELOW = Param("level_below", "IterProj-NLC reading below sigma", 0.05, 100, 2.0, "IterProj-NLC: the level "
+                    "reading acts on the steps at or below this noise level (the model's [-1, 1] units); a long run "
+                    "has more steps there, each feeding the reading's caution forward", tunable=False)
 DAMPING = Param("damping", "IterProj-NLC damping p", 1, 3, 1.0, "IterProj-NLC with a noisy measurement: the weight "
-                "on the measurement along singular value s is min(1, sigma_next s / sigma_y)^p; above 1 it trusts the "
-                "measurement less where it knows less than the current level (1: DDNM+'s own)", step=0.25, tunable=False)
-METHOD_KNOBS = (RESTORE_ETA, PROX_WEIGHT, LEVEL_RATIO, DAMPING)   # a method's free settings, chosen per model
+                "on the measurement along singular value s is min(1, sigma_next s / sigma_y)^p where sigma_y / s is above 1 "
+                "(damped from early on); above 1 it trusts the measurement less where it knows less than the current "
+                "level (1: DDNM+'s own)", step=0.25, tunable=False)
+METHOD_KNOBS = (RESTORE_ETA, PROX_WEIGHT, LEVEL_RATIO, LEVEL_BELOW, DAMPING)   # a method's free settings, chosen per model
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class RestorationMethod:
     eta: float = 0.85                # the method's fresh-noise knob (DiffPIR: zeta), its paper's value
     prox_weight: float | None = None  # DiffPIR's lambda
     level_ratio: float | None = None  # a level correction reading sigma (1 + r) in the last steps (``FixedLevel``)
+    level_below: float | None = None  # ... at sigma <= level_below
     damping: float | None = None      # the exponent p of DDNM+'s damping (``Projected``)
 
     def knobs(self) -> dict:
@@ -91,7 +96,7 @@ RESTORATION_METHODS: dict[str, RestorationMethod] = {m.name: m for m in (
     RestorationMethod("ddnm", "DDNM"),
     RestorationMethod("iterproj", "IterProj", iterproj=True),
     RestorationMethod("iterproj-nlc", "IterProj-NLC", iterproj=True, level_ratio=LEVEL_RATIO.default,
-                      damping=DAMPING.default),
+                      level_below=LEVEL_BELOW.default, damping=DAMPING.default),
     RestorationMethod("ddrm", "DDRM", rule="ddrm"),
     RestorationMethod("diffpir", "DiffPIR", rule="diffpir", eta=0.3, prox_weight=7.0),
 )}

@@ -235,8 +235,8 @@ def restoration_plan(model) -> tuple[str, str]:
     return "iterproj-nlc", (f"Baseline: **{RESTORATION_METHODS['ddnm'].title}** · corrected: "
                             f"**{RESTORATION_METHODS['iterproj-nlc'].title}**: in the last steps the network is told "
                             "the noise that fitting the measurement leaves in the image, so it removes it; when the "
-                            "measurement is noisy and the run is long, it also lets less of the measurement's own noise "
-                            "into each step.")
+                            "measurement is noisy, it also keeps the measurement's own noise out of the detail the "
+                            "measurement hardly shows (a blur's finest detail).")
 
 
 def describe(model, error: str | None = None) -> str:
