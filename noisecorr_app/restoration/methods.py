@@ -115,9 +115,9 @@ class Projected(Correction):
     sigma_y: measurement noise std in [0, 1] pixel units.
     rule: the data step, one spectral filter of the residual each (``Operator.pinv_filtered``):
       "ddnm": DDNM's projection; with noise DDNM+'s damping min(1, sigma_next s / sigma_y) (raised to
-      ``damping`` where sigma_y / s > ``damped_from``, 1: DDNM+'s own) and, given ``noise``, DDNM+'s re-noising: each range component gets
-      only the fresh noise that tops the measurement noise it carries up to sigma_next (the prediction
-      then carries the step);
+      ``damping`` where sigma_y / s > ``damped_from``; 1: DDNM+'s own) and, given ``noise``, DDNM+'s
+      re-noising: each range component gets only the fresh noise that tops the measurement noise it
+      carries up to sigma_next (the prediction then carries the step);
       "diffpir": DiffPIR's proximal step, argmin ||A x - y||^2 + rho ||x - x0||^2 with
       rho = prox_weight sigma_y^2 / sigma^2 (the projection without noise);
       "ddrm": DDRM's per-singular-value update with its own fresh noise (``eta``; eta_b = 1): the
