@@ -33,7 +33,7 @@ from ..sampling.samplers import SAMPLERS, StepRecord
 from ..sampling.schedules import LogLinear, ModelSpacing
 from ..sampling.trace import light, step_summary
 from .operators import Inpainting, Operator
-from .tasks import DAMPING, METHOD_KNOBS, RESTORATION_METHODS, RESTORE_ETA, SIGMA_Y
+from .tasks import DAMPED_FROM, DAMPING, METHOD_KNOBS, RESTORATION_METHODS, RESTORE_ETA, SIGMA_Y
 
 __all__ = ["METHODS", "SIGMA_Y_MAX", "GRIDS", "NEXT_LEVELS", "Projected", "RestoreResult", "restore", "degrade",
            "cyclic_tail", "with_tail", "iterproj_sigmas", "model_grid", "default_tail_steps", "model_noise",
@@ -56,10 +56,6 @@ RULES = ("ddnm", "diffpir", "ddrm")           # Projected's data steps
 FRESH_SEEDS = 2 ** 40         # a step's own noise (DDRM, DDNM+): image i draws from FRESH_SEEDS + seed + i, apart
                               # from the sampler's
 SELECT_TOL = 1e-3            # RMS residual per measurement below which steps count as equally consistent
-DAMPED_FROM = 1.0            # IterProj-NLC's damping p acts on the components whose noise crossover sigma_y / s
-                             # lies above this level: damped from early in the run, they would feed the same
-                             # measurement noise back at many steps; later ones are weighed as DDNM+ does
-                             # (measured: docs/restoration.md)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,10 +26,13 @@ LEVEL_RATIO = Param("level_ratio", "IterProj-NLC level r", 0, 1, 0.3, "IterProj-
 LEVEL_BELOW = Param("level_below", "IterProj-NLC reading below sigma", 0.05, 100, 2.0, "IterProj-NLC: the level "
                     "reading acts on the steps at or below this noise level (the model's [-1, 1] units); a long run "
                     "has more steps there, each feeding the reading's caution forward", tunable=False)
+DAMPED_FROM = 1.0   # the damping acts on the components whose noise crossover sigma_y / s lies above this level:
+                    # damped from early in the run, they would feed the same measurement noise back at many steps;
+                    # later ones are weighed as DDNM+ does (measured: docs/restoration.md)
 DAMPING = Param("damping", "IterProj-NLC damping p", 1, 3, 1.0, "IterProj-NLC with a noisy measurement: the "
                 "weight on the measurement along singular value s is min(1, sigma_next s / sigma_y)^p where sigma_y / s "
-                "is above sigma 1 (damped from early on); above 1 it trusts the measurement less where it knows less "
-                "than the current level (1: DDNM+'s own)", step=0.25, tunable=False)
+                f"is above sigma {DAMPED_FROM:g} (damped from early on); above 1 it trusts the measurement less where it "
+                "knows less than the current level (1: DDNM+'s own)", step=0.25, tunable=False)
 # a method's free settings, chosen per model
 METHOD_KNOBS = (RESTORE_ETA, PROX_WEIGHT, LEVEL_RATIO, LEVEL_BELOW, DAMPING)
 
